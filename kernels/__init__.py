@@ -1,0 +1,8 @@
+"""Compute kernels behind one switch each: a plain-torch reference beside every fast version.
+
+`model/` calls these functions and never the other way round.
+"""
+
+from kernels.attention import attention, attention_backend, available_attention_backends
+
+__all__ = ["attention", "attention_backend", "available_attention_backends"]

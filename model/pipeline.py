@@ -1,0 +1,238 @@
+"""The Kontext pipeline as steps a scheduler can drive: prepare requests, denoise a batch one step, decode.
+
+`generate` chains the same steps for one request, so the CLI and the server can never disagree.
+"""
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from model.config import TransformerConfig, preset
+from model.encoders import Autoencoder, TextEncoder, to_images, to_pixels
+from model.resolution import output_size, reference_size
+from model.sampling import TimeShift, euler_step, image_ids, initial_noise, pack, schedule, unpack
+from model.transformer import FluxTransformer
+from model.weights import CheckpointError, load_transformer
+
+LATENT_PATCH = 16  # pixels per latent token side: 8× VAE downsampling × 2×2 packing
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate. Defaults are those of Replicate's flux-kontext-dev."""
+
+    prompt: str
+    image: Image.Image | None = None  # the Kontext reference; None for text-to-image
+    width: int | None = None
+    height: int | None = None
+    aspect_ratio: str | None = None
+    auto_resize: bool = True  # resize the reference to its preferred Kontext resolution
+    num_inference_steps: int = 28
+    guidance: float = 2.5
+    seed: int | None = None  # None draws a random seed
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be at least 1")
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+@dataclass
+class DenoiseState:
+    """One request in flight: its conditioning, its current latents and how far along its schedule it is."""
+
+    latents: Tensor  # [1, L_target, C·4] in the model dtype
+    reference: Tensor | None  # [1, L_reference, C·4] packed reference latents
+    img_ids: Tensor  # [1, L_target + L_reference, 3]
+    txt: Tensor  # [1, L_txt, context_in_dim]
+    vec: Tensor  # [1, vec_in_dim]
+    timesteps: Tensor  # [steps + 1] fp32, on the CPU
+    guidance: float
+    width: int
+    height: int
+    seed: int
+    step: int = 0
+    image: Image.Image | None = field(default=None, repr=False)  # set by decode
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.num_steps
+
+    @property
+    def shape_key(self) -> tuple[int, ...]:
+        """States with equal keys can share a forward pass."""
+        return (self.latents.shape[1], 0 if self.reference is None else self.reference.shape[1], self.txt.shape[1])
+
+
+@dataclass
+class GenerationResult:
+    image: Image.Image
+    seed: int
+    width: int
+    height: int
+
+
+class KontextPipeline:
+    def __init__(
+        self,
+        transformer: FluxTransformer,
+        text_encoder: TextEncoder,
+        autoencoder: Autoencoder,
+        time_shift: TimeShift = TimeShift(),
+    ):
+        if autoencoder.downsample * 2 != LATENT_PATCH:
+            raise ValueError(f"expected a VAE with 8x downsampling, got {autoencoder.downsample}x")
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.autoencoder = autoencoder
+        self.time_shift = time_shift
+        self.device = transformer.img_in.weight.device
+        self.dtype = transformer.img_in.weight.dtype
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        transformer_file: Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "KontextPipeline":
+        """Load a diffusers FLUX.1 Kontext folder; `transformer_file` (BFL single file) replaces its transformer/."""
+        folder = Path(folder)
+        if not (folder / "model_index.json").is_file():
+            raise CheckpointError(f"{folder}: not a diffusers checkpoint folder (no model_index.json)")
+        config_file = folder / "transformer" / "config.json"
+        config = (
+            TransformerConfig.from_diffusers(json.loads(config_file.read_text()))
+            if config_file.is_file()
+            else preset("kontext-dev")
+        )
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        return cls(
+            load_transformer(transformer_file or folder / "transformer", config, device, dtype),
+            TextEncoder.from_folder(folder, device, dtype),
+            Autoencoder.from_folder(folder, device, dtype),
+            TimeShift.from_diffusers(scheduler_config),
+        )
+
+    # --- the steps -------------------------------------------------------------------------------------------
+
+    def prepare(self, requests: list[GenerationRequest]) -> list[DenoiseState]:
+        """Encode prompts (one batch) and references, draw the initial noise."""
+        txt, vec = self.text_encoder.encode([r.prompt for r in requests])
+        states = []
+        for i, request in enumerate(requests):
+            reference, ids, ref_size = None, [], None
+            if request.image is not None:
+                ref_size = reference_size(*request.image.size, auto_resize=request.auto_resize)
+                reference, ref_ids = self.encode_reference(request.image, *ref_size)
+                ids.append(ref_ids)
+            width, height = output_size(request.width, request.height, request.aspect_ratio, ref_size)
+            grid_h, grid_w = height // LATENT_PATCH, width // LATENT_PATCH
+            seed = random_seed() if request.seed is None else request.seed
+            noise = initial_noise(seed, self.transformer.config.latent_channels, 2 * grid_h, 2 * grid_w, self.dtype)
+            ids.insert(0, image_ids(grid_h, grid_w, index=0, device=self.device))
+            states.append(
+                DenoiseState(
+                    latents=pack(noise).to(self.device),
+                    reference=reference,
+                    img_ids=torch.cat(ids)[None],
+                    txt=txt[i : i + 1].to(self.dtype),
+                    vec=vec[i : i + 1].to(self.dtype),
+                    timesteps=schedule(request.num_inference_steps, grid_h * grid_w, self.time_shift),
+                    guidance=request.guidance,
+                    width=width,
+                    height=height,
+                    seed=seed,
+                )
+            )
+        return states
+
+    def encode_reference(self, image: Image.Image, width: int, height: int) -> tuple[Tensor, Tensor]:
+        """Packed reference latents [1, L, C·4] and their position ids (1, row, col)."""
+        latents = self.autoencoder.encode(to_pixels(image, width, height))
+        grid_h, grid_w = height // LATENT_PATCH, width // LATENT_PATCH
+        return pack(latents).to(self.dtype), image_ids(grid_h, grid_w, index=1, device=self.device)
+
+    @torch.no_grad()
+    def denoise_step(self, states: list[DenoiseState]) -> None:
+        """Advance every state by one Euler step in a single forward pass; states may be at different steps."""
+        if len({s.shape_key for s in states}) != 1:
+            raise ValueError("states in one denoising batch must have the same shapes")
+        if any(s.done for s in states):
+            raise ValueError("a finished state cannot take another step")
+        latents = torch.cat([s.latents for s in states])
+        tokens = latents if states[0].reference is None else torch.cat(
+            [latents, torch.cat([s.reference for s in states])], dim=1
+        )
+        txt = torch.cat([s.txt for s in states])
+        t_curr = torch.stack([s.timesteps[s.step] for s in states]).to(self.device)
+        t_next = torch.stack([s.timesteps[s.step + 1] for s in states]).to(self.device)
+        velocity = self.transformer(
+            img=tokens,
+            img_ids=torch.cat([s.img_ids for s in states]),
+            txt=txt,
+            txt_ids=torch.zeros(*txt.shape[:2], 3, device=self.device),
+            timesteps=t_curr,
+            y=torch.cat([s.vec for s in states]),
+            guidance=torch.tensor([s.guidance for s in states], device=self.device),
+            num_target_tokens=latents.shape[1],
+        )
+        latents = euler_step(latents, velocity, t_curr, t_next)
+        for i, state in enumerate(states):
+            state.latents = latents[i : i + 1]
+            state.step += 1
+
+    def decode(self, states: list[DenoiseState]) -> None:
+        """Decode finished states of one size in one VAE batch; sets `state.image`."""
+        if len({(s.width, s.height) for s in states}) != 1:
+            raise ValueError("states decoded together must have the same size")
+        grid_h, grid_w = states[0].height // LATENT_PATCH, states[0].width // LATENT_PATCH
+        latents = unpack(torch.cat([s.latents for s in states]), grid_h, grid_w)
+        for state, image in zip(states, to_images(self.autoencoder.decode(latents))):
+            state.image = image
+
+    # --- one request, start to finish ------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        (state,) = self.prepare([request])
+        while not state.done:
+            self.denoise_step([state])
+        self.decode([state])
+        assert state.image is not None
+        return GenerationResult(state.image, state.seed, state.width, state.height)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load(
+    model: str | Path,
+    transformer_file: str | Path | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> KontextPipeline:
+    """A ready pipeline from a diffusers folder (optionally with a BFL transformer file), or `"demo"`."""
+    from model.demo import demo_checkpoint  # builds with diffusers' classes: imported only when asked for
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    folder = demo_checkpoint() if str(model) == "demo" else Path(model)
+    return KontextPipeline.from_folder(folder, Path(transformer_file) if transformer_file else None, device, dtype)

@@ -1,0 +1,107 @@
+"""The `kontext` command line: `kontext generate` runs the pipeline once and writes a PNG."""
+
+import argparse
+import io
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from model.demo import DEMO_NOTICE
+from model.pipeline import GenerationRequest, default_device, default_dtype, load
+from model.weights import CheckpointError
+from server.settings import load_settings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+log = logging.getLogger("kontext")
+
+
+def read_image(source: str) -> Image.Image:
+    """An image from a local path or an http(s) URL."""
+    if source.startswith(("http://", "https://")):
+        response = httpx.get(source, follow_redirects=True, timeout=30)
+        response.raise_for_status()
+        data = response.content
+    else:
+        data = Path(source).read_bytes()
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kontext", description="FLUX.1 Kontext [dev] inference")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate or edit one image")
+    gen.add_argument("--config", type=Path, help="settings YAML (see configs/); also $KONTEXT_CONFIG")
+    gen.add_argument("--model", help='diffusers FLUX.1 Kontext folder, or "demo" (the default)')
+    gen.add_argument("--transformer", help="BFL single-file transformer (flux1-kontext-dev.safetensors)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--image", help="reference image to edit: a path or an http(s) URL")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--aspect-ratio", help="e.g. 16:9 (Replicate's table of preferred resolutions)")
+    gen.add_argument("--no-auto-resize", action="store_true",
+                     help="keep the reference at its own size (rounded down to 16) instead of its preferred resolution")
+    gen.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
+    gen.add_argument("--guidance", type=float, default=2.5, help="distilled guidance (default 2.5)")
+    gen.add_argument("--seed", type=int, help="random when omitted; printed either way")
+    gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    gen.add_argument("--out", type=Path, required=True, help="output PNG")
+    return parser
+
+
+def generate(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config)
+    overrides = {k: getattr(args, k) for k in ("model", "transformer", "device", "dtype") if getattr(args, k)}
+    settings = replace(settings, **overrides)
+    if (args.width is None) != (args.height is None):
+        raise ValueError("give both --width and --height, or neither")
+    if args.width is not None and args.aspect_ratio is not None:
+        raise ValueError("give either --width/--height or --aspect-ratio, not both")
+    device = settings.device or default_device()
+    if settings.dtype is not None and settings.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
+    dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(device)
+    image = read_image(args.image) if args.image else None
+    request = GenerationRequest(
+        prompt=args.prompt, image=image, width=args.width, height=args.height, aspect_ratio=args.aspect_ratio,
+        auto_resize=not args.no_auto_resize, num_inference_steps=args.steps, guidance=args.guidance, seed=args.seed,
+    )
+
+    if settings.model == "demo":
+        log.warning(DEMO_NOTICE)
+    start = time.perf_counter()
+    pipeline = load(settings.model, settings.transformer, device, dtype)
+    loaded = time.perf_counter()
+    result = pipeline.generate(request)
+    done = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(args.out, format="PNG")
+    print(
+        f"seed {result.seed}: {result.width}x{result.height}, {args.steps} steps on {device} ({str(dtype)[6:]}), "
+        f"load {loaded - start:.1f} s, generate {done - loaded:.2f} s -> {args.out}"
+    )
+    if settings.model == "demo":
+        print(f"note: {DEMO_NOTICE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        generate(args)
+    except (ValueError, CheckpointError, FileNotFoundError, UnidentifiedImageError, httpx.HTTPError) as err:
+        print(f"kontext: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

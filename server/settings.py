@@ -1,0 +1,61 @@
+"""Typed settings from a YAML file (`--config` or $KONTEXT_CONFIG) and $KONTEXT_* environment variables.
+
+Precedence, lowest first: dataclass defaults, the YAML file, the environment, command-line flags.
+"""
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "KONTEXT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "demo"  # a diffusers FLUX.1 Kontext folder, or "demo" for the tiny built-in model
+    transformer: str | None = None  # a BFL single-file transformer that replaces the folder's transformer/
+    device: str | None = None  # default: cuda when available, else cpu
+    dtype: str | None = None  # float32 | bfloat16; default: bfloat16 on cuda, float32 on cpu
+
+
+def _convert(name: str, value: Any, annotation: Any) -> Any:
+    """Coerce a YAML or environment value to the field's type: str, int, float, bool, or one of them | None."""
+    args = typing.get_args(annotation)
+    kind = next((a for a in args if a is not type(None)), annotation)
+    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if type(None) not in args:
+            raise ValueError(f"setting {name} cannot be empty")
+        return None
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"setting {name}: expected a boolean, got {value!r}")
+        return value.lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def load_settings(config: Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+    config = config or (Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(f"{ENV_PREFIX}CONFIG") else None)
+    values: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config}: expected a mapping of settings")
+        values.update(loaded)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{config}: unknown settings {unknown}; known: {sorted(fields)}")
+    for name in fields:
+        if f"{ENV_PREFIX}{name.upper()}" in env:
+            values[name] = env[f"{ENV_PREFIX}{name.upper()}"]
+    hints = typing.get_type_hints(Settings)
+    return Settings(**{name: _convert(name, value, hints[name]) for name, value in values.items()})

@@ -1,0 +1,89 @@
+"""The `kontext` console script, run as a user runs it."""
+
+import http.server
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from server.cli import main
+from tests.helpers import random_image
+
+
+def test_demo_model_runs_from_the_console_script(tmp_path: Path) -> None:
+    kontext = shutil.which("kontext")
+    assert kontext, "the package is not installed (pip install -e .)"
+    out = tmp_path / "apple.png"
+    result = subprocess.run(
+        [kontext, "generate", "--model", "demo", "--prompt", "a red apple", "--width", "256", "--height", "256",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (256, 256)
+    assert "seed " in result.stdout and "images are noise" in result.stdout
+    assert "images are noise" in result.stderr  # logged as a warning too
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[str]:
+    random_image(96, 64).save(tmp_path / "ref.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def run(demo_folder: Path, out: Path, *args: str) -> int:
+    return main(["generate", "--model", str(demo_folder), "--steps", "2", "--out", str(out), *args])
+
+
+def test_reference_image_from_a_url(tmp_path: Path, demo_folder: Path, image_server: str) -> None:
+    out = tmp_path / "edit.png"
+    assert run(demo_folder, out, "--prompt", "edit", "--image", f"{image_server}/ref.png", "--no-auto-resize") == 0
+    assert Image.open(out).size == (96, 64)  # no size given: the output takes the reference's size
+
+
+def test_aspect_ratio_sets_the_output_size(tmp_path: Path, demo_folder: Path) -> None:
+    assert run(demo_folder, tmp_path / "o.png", "--prompt", "p", "--aspect-ratio", "21:9", "--steps", "1") == 0
+    assert Image.open(tmp_path / "o.png").size == (1568, 672)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--width", "256"], "both --width and --height"),
+        (["--width", "256", "--height", "256", "--aspect-ratio", "1:1"], "not both"),
+        (["--aspect-ratio", "wide"], "aspect ratio must look like"),
+        (["--image", "{server}/missing.png"], "404"),
+        (["--image", "{server}/broken.png"], "cannot identify image"),
+        (["--image", "/no/such/file.png"], "No such file"),
+        (["--steps", "0"], "num_inference_steps"),
+        (["--width", "8", "--height", "256"], "too small"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    tmp_path: Path, demo_folder: Path, image_server: str, capsys, args: list[str], message: str
+) -> None:
+    argv = [a.replace("{server}", image_server) for a in args]
+    assert run(demo_folder, tmp_path / "o.png", "--prompt", "p", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_missing_model_folder_is_named(tmp_path: Path, capsys) -> None:
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "p", "--out", str(tmp_path / "o.png")]) == 2
+    assert "nope: not a diffusers checkpoint folder" in capsys.readouterr().err
