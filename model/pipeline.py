@@ -5,7 +5,7 @@
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +60,6 @@ class DenoiseState:
     height: int
     seed: int
     step: int = 0
-    image: Image.Image | None = field(default=None, repr=False)  # set by decode
 
     @property
     def num_steps(self) -> int:
@@ -195,14 +194,13 @@ class KontextPipeline:
             state.latents = latents[i : i + 1]
             state.step += 1
 
-    def decode(self, states: list[DenoiseState]) -> None:
-        """Decode finished states of one size in one VAE batch; sets `state.image`."""
+    def decode(self, states: list[DenoiseState]) -> list[Image.Image]:
+        """Decode finished states of one size in one VAE batch."""
         if len({(s.width, s.height) for s in states}) != 1:
             raise ValueError("states decoded together must have the same size")
         grid_h, grid_w = states[0].height // LATENT_PATCH, states[0].width // LATENT_PATCH
         latents = unpack(torch.cat([s.latents for s in states]), grid_h, grid_w)
-        for state, image in zip(states, to_images(self.autoencoder.decode(latents))):
-            state.image = image
+        return to_images(self.autoencoder.decode(latents))
 
     # --- one request, start to finish ------------------------------------------------------------------------
 
@@ -210,9 +208,8 @@ class KontextPipeline:
         (state,) = self.prepare([request])
         while not state.done:
             self.denoise_step([state])
-        self.decode([state])
-        assert state.image is not None
-        return GenerationResult(state.image, state.seed, state.width, state.height)
+        (image,) = self.decode([state])
+        return GenerationResult(image, state.seed, state.width, state.height)
 
 
 def default_device() -> str:

@@ -11,9 +11,9 @@ second copy of the weights. safetensors' own reader cannot read into memory we a
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -146,7 +146,7 @@ class SafetensorsFile:
     """One safetensors file: its header, checked against the file size, and reads of row ranges."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.name = str(path)
         try:
             size = path.stat().st_size
             with open(path, "rb") as f:
@@ -172,16 +172,30 @@ class SafetensorsFile:
                 raise CheckpointError(f"{path}: cannot read key {key!r}: the file is truncated")
             self.tensors[key] = info
 
-    def read_rows(self, f: BinaryIO, key: str, start: int, out: torch.Tensor) -> None:
-        """Fill `out` (contiguous, any device and dtype) with rows start.. of tensor `key`; `f` is this file."""
+    def read_rows(self, key: str, start: int, out: torch.Tensor) -> None:
+        """Fill `out` (contiguous, any device and dtype) with rows start.. of tensor `key`."""
         info = self.tensors[key]
         direct = out.device.type == "cpu" and out.dtype == info.dtype
         buffer = out if direct else torch.empty(out.shape, dtype=info.dtype)
-        f.seek(info.offset + start * info.row_bytes)
-        if f.readinto(buffer.view(-1).view(torch.uint8).numpy()) != buffer.numel() * info.dtype.itemsize:
-            raise CheckpointError(f"{self.path}: cannot read key {key!r}: the file is truncated")
+        with open(self.name, "rb") as f:
+            f.seek(info.offset + start * info.row_bytes)
+            if f.readinto(buffer.view(-1).view(torch.uint8).numpy()) != buffer.numel() * info.dtype.itemsize:
+                raise CheckpointError(f"{self.name}: cannot read key {key!r}: the file is truncated")
         if not direct:
             out.copy_(buffer)
+
+
+class StateDict:
+    """Tensors already in memory (e.g. a diffusers model's state dict), read like a file."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], name: str = "state dict"):
+        self.name, self.tensors = name, tensors
+
+    def read_rows(self, key: str, start: int, out: torch.Tensor) -> None:
+        out.copy_(self.tensors[key][start : start + out.shape[0]])
+
+
+TensorSource = SafetensorsFile | StateDict
 
 
 def strip_prefix(key: str) -> str:
@@ -196,25 +210,25 @@ def is_diffusers_layout(keys: list[str]) -> bool:
 
 
 def _check_plan(
-    sources: dict[str, tuple[SafetensorsFile, str]], placements: Placements, params: dict[str, torch.Tensor]
+    sources: dict[str, tuple[TensorSource, str]], placements: Placements, params: dict[str, torch.Tensor]
 ) -> None:
     """Fail before allocating anything if a key is missing, unexpected, misshapen, or a row is left unfilled."""
     for key in placements:
         if key not in sources:
-            files = ", ".join(sorted({str(file.path) for file, _ in sources.values()}))
-            raise CheckpointError(f"{files}: missing key {key!r}")
+            names = ", ".join(sorted({source.name for source, _ in sources.values()}))
+            raise CheckpointError(f"{names}: missing key {key!r}")
     rows: dict[str, int] = defaultdict(int)
     for key, (source, raw_key) in sources.items():
         if key not in placements:
-            raise CheckpointError(f"{source.path}: unexpected key {raw_key!r} (not a FLUX transformer of this shape?)")
-        shape = source.tensors[raw_key].shape
+            raise CheckpointError(f"{source.name}: unexpected key {raw_key!r} (not a FLUX transformer of this shape?)")
+        shape = tuple(source.tensors[raw_key].shape)
         for p in placements[key]:
             target = params[p.target]
             stop = shape[0] if p.src_stop is None else p.src_stop
             n = stop - p.src_start
             if stop > shape[0] or shape[1:] != tuple(target.shape[1:]) or p.dst_start + n > target.shape[0]:
                 raise CheckpointError(
-                    f"{source.path}: key {raw_key!r} has shape {list(shape)}, which does not fit {p.target} "
+                    f"{source.name}: key {raw_key!r} has shape {list(shape)}, which does not fit {p.target} "
                     f"{list(target.shape)} of this model configuration"
                 )
             rows[p.target] += n
@@ -224,32 +238,35 @@ def _check_plan(
 
 
 @torch.no_grad()
-def load_transformer(
-    path: Path, config: TransformerConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+def build_transformer(
+    sources: list[TensorSource], config: TransformerConfig, device: torch.device | str, dtype: torch.dtype
 ) -> FluxTransformer:
-    """Build the model on `device` in `dtype` and fill it from the safetensors checkpoint at `path`."""
-    files = [SafetensorsFile(file) for file in safetensors_files(Path(path))]
-    raw_keys = [(file, key) for file in files for key in file.tensors]
+    """Allocate the model once on `device` in `dtype` and fill every row from the sources (either layout)."""
+    raw_keys = [(source, key) for source in sources for key in source.tensors]
     with torch.device("meta"):
         model = FluxTransformer(config).to(dtype)
     if is_diffusers_layout([key for _, key in raw_keys]):
         placements, rename = diffusers_placements(config), {key: key for _, key in raw_keys}
     else:
         placements, rename = bfl_placements(model), {key: strip_prefix(key) for _, key in raw_keys}
-    sources: dict[str, tuple[SafetensorsFile, str]] = {}  # our key -> (file, key in that file)
-    for file, key in raw_keys:
-        if rename[key] in sources:
-            raise CheckpointError(f"{file.path}: key {key!r} also appears in {sources[rename[key]][0].path}")
-        sources[rename[key]] = (file, key)
-    _check_plan(sources, placements, dict(model.state_dict()))
+    located: dict[str, tuple[TensorSource, str]] = {}  # our key -> (source, key in that source)
+    for source, key in raw_keys:
+        if rename[key] in located:
+            raise CheckpointError(f"{source.name}: key {key!r} also appears in {located[rename[key]][0].name}")
+        located[rename[key]] = (source, key)
+    _check_plan(located, placements, dict(model.state_dict()))
 
     model = model.to_empty(device=device)
     params = dict(model.state_dict())
-    for file in files:
-        with open(file.path, "rb") as f:
-            for key in file.tensors:
-                for p in placements[rename[key]]:
-                    stop = file.tensors[key].shape[0] if p.src_stop is None else p.src_stop
-                    target = params[p.target][p.dst_start : p.dst_start + stop - p.src_start]
-                    file.read_rows(f, key, p.src_start, target)
+    for source, key in raw_keys:
+        for p in placements[rename[key]]:
+            stop = source.tensors[key].shape[0] if p.src_stop is None else p.src_stop
+            source.read_rows(key, p.src_start, params[p.target][p.dst_start : p.dst_start + stop - p.src_start])
     return model.eval().requires_grad_(False)
+
+
+def load_transformer(
+    path: Path, config: TransformerConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> FluxTransformer:
+    """Our transformer from a safetensors checkpoint: a diffusers transformer folder or a BFL single file."""
+    return build_transformer([SafetensorsFile(file) for file in safetensors_files(Path(path))], config, device, dtype)

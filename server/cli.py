@@ -66,6 +66,8 @@ def generate(args: argparse.Namespace) -> None:
     if args.width is not None and args.aspect_ratio is not None:
         raise ValueError("give either --width/--height or --aspect-ratio, not both")
     device = settings.device or default_device()
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but this machine has no usable CUDA device")
     if settings.dtype is not None and settings.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
     dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(device)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from model.config import TransformerConfig, preset
 from model.transformer import FluxTransformer
-from model.weights import CheckpointError, load_transformer
+from model.weights import CheckpointError, StateDict, build_transformer, load_transformer
 
 TINY = preset("tiny")
 
@@ -54,6 +54,11 @@ def test_bfl_single_file_gives_the_same_model(tmp_path: Path, ours: FluxTransfor
     file = tmp_path / "flux1-kontext-dev.safetensors"
     save_file({prefix + k: v.contiguous() for k, v in ours.state_dict().items()}, file)
     assert_same_weights(load_transformer(file, TINY), ours)
+
+
+def test_in_memory_state_dict_gives_the_same_model(diffusers_folder: Path, ours: FluxTransformer) -> None:
+    reference = FluxTransformer2DModel.from_pretrained(diffusers_folder)
+    assert_same_weights(build_transformer([StateDict(reference.state_dict())], TINY, "cpu", torch.float32), ours)
 
 
 def test_loads_to_the_requested_dtype(diffusers_folder: Path, ours: FluxTransformer) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from server.cli import main
@@ -73,6 +74,8 @@ def test_aspect_ratio_sets_the_output_size(tmp_path: Path, demo_folder: Path) ->
         (["--image", "/no/such/file.png"], "No such file"),
         (["--steps", "0"], "num_inference_steps"),
         (["--width", "8", "--height", "256"], "too small"),
+        pytest.param(["--device", "cuda"], "no usable CUDA device", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="this machine has CUDA")),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
