@@ -1,6 +1,7 @@
 # kontext-server on an NVIDIA GPU. Build: docker build -t kontext-server .
-# Run:  docker run --gpus all -v /path/to/FLUX.1-Kontext-dev:/models/FLUX.1-Kontext-dev kontext-server \
-#         generate --config configs/kontext-dev.yaml --prompt "..." --out /out/image.png
+# Run:  docker run --gpus all -p 8000:8000 -e KONTEXT_API_KEYS=sk-... \
+#         -v /path/to/FLUX.1-Kontext-dev:/models/FLUX.1-Kontext-dev -v kontext-data:/data kontext-server
+# The server refuses to listen on 0.0.0.0 without API keys (or --insecure-no-auth).
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 RUN apt-get update \
@@ -19,6 +20,6 @@ COPY kernels ./kernels
 COPY configs ./configs
 RUN pip install --no-cache-dir .
 
-ENV KONTEXT_CONFIG=/app/configs/kontext-dev.yaml
-ENTRYPOINT ["kontext"]
-CMD ["--help"]
+ENV KONTEXT_CONFIG=/app/configs/kontext-dev.yaml KONTEXT_HOST=0.0.0.0 KONTEXT_DATA_DIR=/data
+EXPOSE 8000
+ENTRYPOINT ["kontext", "serve"]

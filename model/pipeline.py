@@ -20,6 +20,7 @@ from model.transformer import FluxTransformer
 from model.weights import CheckpointError, load_transformer
 
 LATENT_PATCH = 16  # pixels per latent token side: 8× VAE downsampling × 2×2 packing
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -35,6 +36,7 @@ class GenerationRequest:
     num_inference_steps: int = 28
     guidance: float = 2.5
     seed: int | None = None  # None draws a random seed
+    megapixels: float = 1.0  # scales the ~1 MP sizes chosen from tables (never explicit width/height)
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
@@ -129,24 +131,28 @@ class KontextPipeline:
     # --- the steps -------------------------------------------------------------------------------------------
 
     def prepare(self, requests: list[GenerationRequest]) -> list[DenoiseState]:
-        """Encode prompts (one batch) and references, draw the initial noise."""
+        """Encode the prompts (one batch) and the references (one VAE batch per size), draw the initial noise."""
         txt, vec = self.text_encoder.encode([r.prompt for r in requests])
+        ref_sizes = {
+            i: reference_size(*r.image.size, r.auto_resize, r.megapixels)
+            for i, r in enumerate(requests) if r.image is not None
+        }
+        references = self.encode_references({i: requests[i].image for i in ref_sizes}, ref_sizes)
         states = []
         for i, request in enumerate(requests):
-            reference, ids, ref_size = None, [], None
-            if request.image is not None:
-                ref_size = reference_size(*request.image.size, auto_resize=request.auto_resize)
-                reference, ref_ids = self.encode_reference(request.image, *ref_size)
-                ids.append(ref_ids)
-            width, height = output_size(request.width, request.height, request.aspect_ratio, ref_size)
+            ref_size = ref_sizes.get(i)
+            width, height = output_size(request.width, request.height, request.aspect_ratio, ref_size,
+                                        request.megapixels)
             grid_h, grid_w = height // LATENT_PATCH, width // LATENT_PATCH
             seed = random_seed() if request.seed is None else request.seed
             noise = initial_noise(seed, self.transformer.config.latent_channels, 2 * grid_h, 2 * grid_w, self.dtype)
-            ids.insert(0, image_ids(grid_h, grid_w, index=0, device=self.device))
+            ids = [image_ids(grid_h, grid_w, index=0, device=self.device)]
+            if ref_size is not None:
+                ids.append(image_ids(ref_size[1] // LATENT_PATCH, ref_size[0] // LATENT_PATCH, 1, self.device))
             states.append(
                 DenoiseState(
                     latents=pack(noise).to(self.device),
-                    reference=reference,
+                    reference=references.get(i),
                     img_ids=torch.cat(ids)[None],
                     txt=txt[i : i + 1].to(self.dtype),
                     vec=vec[i : i + 1].to(self.dtype),
@@ -159,11 +165,17 @@ class KontextPipeline:
             )
         return states
 
-    def encode_reference(self, image: Image.Image, width: int, height: int) -> tuple[Tensor, Tensor]:
-        """Packed reference latents [1, L, C·4] and their position ids (1, row, col)."""
-        latents = self.autoencoder.encode(to_pixels(image, width, height))
-        grid_h, grid_w = height // LATENT_PATCH, width // LATENT_PATCH
-        return pack(latents).to(self.dtype), image_ids(grid_h, grid_w, index=1, device=self.device)
+    def encode_references(
+        self, images: dict[int, Image.Image], sizes: dict[int, tuple[int, int]]
+    ) -> dict[int, Tensor]:
+        """Packed reference latents [1, L, C·4] per key, each resized to its (width, height)."""
+        packed: dict[int, Tensor] = {}
+        for size in set(sizes.values()):
+            keys = [k for k in images if sizes[k] == size]
+            latents = self.autoencoder.encode(torch.cat([to_pixels(images[k], *size) for k in keys]))
+            for j, key in enumerate(keys):
+                packed[key] = pack(latents[j : j + 1]).to(self.dtype)
+        return packed
 
     @torch.no_grad()
     def denoise_step(self, states: list[DenoiseState]) -> None:

@@ -28,6 +28,16 @@ def round_down(width: int, height: int, multiple: int = MULTIPLE) -> tuple[int, 
     return width // multiple * multiple, height // multiple * multiple
 
 
+def scaled(size: tuple[int, int], megapixels: float) -> tuple[int, int]:
+    """A ~1 MP table size scaled to about `megapixels` MP (same aspect ratio, rounded down to 16)."""
+    if megapixels == 1.0:
+        return size
+    if megapixels <= 0:
+        raise ValueError("megapixels must be positive")
+    factor = megapixels**0.5
+    return round_down(max(MULTIPLE, int(size[0] * factor)), max(MULTIPLE, int(size[1] * factor)))
+
+
 def preferred_resolution(width: float, height: float) -> tuple[int, int]:
     """The preferred Kontext resolution whose aspect ratio is closest to width/height (BFL's rule and tie-break)."""
     ratio = width / height
@@ -48,9 +58,10 @@ def aspect_ratio_size(aspect_ratio: str) -> tuple[int, int]:
     return preferred_resolution(w, h)
 
 
-def reference_size(width: int, height: int, auto_resize: bool = True) -> tuple[int, int]:
-    """Size a reference image is encoded at: its preferred resolution, or its own size rounded down to 16."""
-    return preferred_resolution(width, height) if auto_resize else round_down(width, height)
+def reference_size(width: int, height: int, auto_resize: bool = True, megapixels: float = 1.0) -> tuple[int, int]:
+    """Size a reference image is encoded at: its preferred resolution (scaled to `megapixels`), or its own size
+    rounded down to 16."""
+    return scaled(preferred_resolution(width, height), megapixels) if auto_resize else round_down(width, height)
 
 
 def output_size(
@@ -58,9 +69,10 @@ def output_size(
     height: int | None = None,
     aspect_ratio: str | None = None,
     reference: tuple[int, int] | None = None,
+    megapixels: float = 1.0,
 ) -> tuple[int, int]:
     """The output size: explicit width and height (rounded down to 16, never rescaled), else the aspect ratio's
-    size, else the (already sized) reference's size, else 1024×1024."""
+    size, else the (already sized) reference's size, else 1024×1024; table sizes scaled to `megapixels`."""
     if (width is None) != (height is None):
         raise ValueError("give both width and height, or neither")
     if width is not None and height is not None:
@@ -68,5 +80,5 @@ def output_size(
             raise ValueError("give either width/height or aspect_ratio, not both")
         return round_down(width, height)
     if aspect_ratio is not None and aspect_ratio != "match_input_image":
-        return aspect_ratio_size(aspect_ratio)
-    return reference if reference is not None else DEFAULT_SIZE
+        return scaled(aspect_ratio_size(aspect_ratio), megapixels)
+    return reference if reference is not None else scaled(DEFAULT_SIZE, megapixels)

@@ -5,7 +5,7 @@ import io
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import httpx
@@ -13,11 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from model.demo import DEMO_NOTICE
-from model.pipeline import GenerationRequest, default_device, default_dtype, load
+from model.pipeline import DTYPES, GenerationRequest, default_device, default_dtype, load
 from model.weights import CheckpointError
-from server.settings import load_settings
+from server.settings import Settings, load_settings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 log = logging.getLogger("kontext")
 
 
@@ -54,22 +53,58 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     gen.add_argument("--out", type=Path, required=True, help="output PNG")
+
+    serve = commands.add_parser("serve", help="serve the Replicate- and OpenAI-compatible HTTP APIs")
+    serve.add_argument("--config", type=Path, help="settings YAML (see configs/); also $KONTEXT_CONFIG")
+    serve.add_argument("--model", help='diffusers FLUX.1 Kontext folder, or "demo" (the default)')
+    serve.add_argument("--transformer", help="BFL single-file transformer (flux1-kontext-dev.safetensors)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", help="predictions database, outputs and uploads (default ./kontext-data)")
+    serve.add_argument("--public-url", help="base of the URLs handed to clients, when behind a proxy")
+    serve.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    serve.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow binding a non-loopback address without API keys")
     return parser
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the config file and environment, overridden by the flags that were given."""
+    names = {f.name for f in fields(Settings)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v not in (None, False)}
+    settings = replace(load_settings(args.config), **overrides)
+    if settings.dtype is not None and settings.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
+    if settings.device and torch.device(settings.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {settings.device!r} was asked for, but this machine has no usable CUDA device")
+    return settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app, is_loopback
+
+    settings = _settings(args)
+    if not settings.api_keys:
+        if not is_loopback(settings.host) and not settings.insecure_no_auth:
+            raise ValueError(f"refusing to serve {settings.host} without API keys: set KONTEXT_API_KEYS "
+                             "(or api_keys in the config), bind 127.0.0.1, or pass --insecure-no-auth")
+        log.warning("no API keys configured: requests are not authenticated%s",
+                    "" if not is_loopback(settings.host) else " (bound to loopback only)")
+    if settings.model == "demo":
+        log.warning(DEMO_NOTICE)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
 def generate(args: argparse.Namespace) -> None:
-    settings = load_settings(args.config)
-    overrides = {k: getattr(args, k) for k in ("model", "transformer", "device", "dtype") if getattr(args, k)}
-    settings = replace(settings, **overrides)
+    settings = _settings(args)
     if (args.width is None) != (args.height is None):
         raise ValueError("give both --width and --height, or neither")
     if args.width is not None and args.aspect_ratio is not None:
         raise ValueError("give either --width/--height or --aspect-ratio, not both")
     device = settings.device or default_device()
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but this machine has no usable CUDA device")
-    if settings.dtype is not None and settings.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
     dtype = DTYPES[settings.dtype] if settings.dtype else default_dtype(device)
     image = read_image(args.image) if args.image else None
     request = GenerationRequest(
@@ -98,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        generate(args)
+        {"generate": generate, "serve": serve}[args.command](args)
     except (ValueError, CheckpointError, FileNotFoundError, UnidentifiedImageError, httpx.HTTPError) as err:
         print(f"kontext: error: {err}", file=sys.stderr)
         return 2

@@ -22,16 +22,32 @@ class Settings:
     transformer: str | None = None  # a BFL single-file transformer that replaces the folder's transformer/
     device: str | None = None  # default: cuda when available, else cpu
     dtype: str | None = None  # float32 | bfloat16; default: bfloat16 on cuda, float32 on cpu
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "kontext-data"  # predictions database, outputs and uploads
+    public_url: str | None = None  # base of the URLs we hand out, when behind a proxy; default: the request's
+    api_keys: tuple[str, ...] = ()  # $KONTEXT_API_KEYS, comma-separated; none: loopback only, no auth
+    insecure_no_auth: bool = False  # allow a non-loopback bind without keys
+    max_batch_size: int = 4  # requests sharing one forward pass
+    max_queue: int = 64  # queued requests beyond which create answers 429
+    max_queue_delay_ms: float = 10.0  # how long an idle worker waits for a burst to gather
+    megapixels: float = 1.0  # scales the ~1 MP sizes the server picks from its tables (Replicate's `megapixels`)
 
 
 def _convert(name: str, value: Any, annotation: Any) -> Any:
     """Coerce a YAML or environment value to the field's type: str, int, float, bool, or one of them | None."""
     args = typing.get_args(annotation)
-    kind = next((a for a in args if a is not type(None)), annotation)
+    kind = typing.get_origin(annotation) or annotation
+    if kind is not tuple:
+        kind = next((a for a in args if a is not type(None)), annotation)
     if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
         if type(None) not in args:
             raise ValueError(f"setting {name} cannot be empty")
         return None
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ValueError(f"setting {name}: expected a boolean, got {value!r}")

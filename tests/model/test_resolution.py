@@ -6,6 +6,7 @@ from model.resolution import (
     ASPECT_RATIOS,
     PREFERRED_KONTEXT_RESOLUTIONS,
     aspect_ratio_size,
+    scaled,
     output_size,
     preferred_resolution,
     reference_size,
@@ -53,3 +54,14 @@ def test_output_size_rules() -> None:
         output_size(width=512)
     with pytest.raises(ValueError, match="not both"):
         output_size(512, 512, aspect_ratio="1:1")
+
+
+def test_megapixels_scales_table_sizes_only() -> None:
+    assert scaled((1024, 1024), 0.0625) == (256, 256)
+    assert scaled((1328, 800), 0.25) == (656, 400)
+    assert reference_size(300, 200, megapixels=0.25) == (624, 416)
+    assert output_size(aspect_ratio="16:9", megapixels=0.25) == (656, 400)
+    assert output_size(megapixels=0.0625) == (256, 256)
+    assert output_size(1000, 777, megapixels=0.25) == (992, 768)  # explicit sizes are never rescaled
+    with pytest.raises(ValueError, match="positive"):
+        scaled((1024, 1024), 0)

@@ -1,0 +1,131 @@
+"""The HTTP server: a thin layer that wires settings, store, scheduler and the two API surfaces together.
+
+    clients ─▶ replicate_api / openai_api ─▶ predictions (service) ─▶ store (SQLite), files, webhooks
+                                                     │
+                                                     ▼
+                                                scheduler (one worker thread owns the model)
+"""
+
+import ipaddress
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from model.pipeline import DTYPES, load
+from server import openai_api, replicate_api
+from server.auth import is_authorized
+from server.errors import ApiError, InvalidField
+from server.files import FileStore
+from server.predictions import PredictionService
+from server.scheduler import Scheduler
+from server.settings import Settings
+from server.store import SQLiteStore
+from server.webhooks import WebhookSender, load_or_create_secret
+
+log = logging.getLogger("kontext.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def require_key(request: Request) -> None:
+    if not is_authorized(request.headers.get("authorization"), list(request.app.state.settings.api_keys)):
+        raise ApiError(401, "You did not pass a valid authentication token")
+
+
+def render_error(request: Request, error: ApiError) -> Response:
+    return error.openai_response() if openai_api.owns(request.url.path) else error.replicate_response()
+
+
+def _load_model(app: FastAPI, settings: Settings, service: PredictionService) -> None:
+    try:
+        dtype = DTYPES[settings.dtype] if settings.dtype else None
+        pipeline = load(settings.model, settings.transformer, settings.device, dtype)
+        scheduler = Scheduler(pipeline, service, settings.max_batch_size, settings.max_queue,
+                              settings.max_queue_delay_ms / 1000)
+        scheduler.start()
+        app.state.scheduler = service.scheduler = scheduler
+        log.info("model %s loaded on %s; serving", settings.model, pipeline.device)
+    except Exception as err:  # noqa: BLE001 - reported by /health and the log
+        log.exception("loading the model failed")
+        app.state.load_error = f"{type(err).__name__}: {err}"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        data = Path(settings.data_dir)
+        store = SQLiteStore(data / "predictions.db")
+        for prediction in store.recover():
+            log.warning("prediction %s was %s when the server stopped; marked failed", prediction.id,
+                        "queued or running")
+        secret = load_or_create_secret(data / "webhook_secret")
+        webhooks = WebhookSender(secret)
+        files = FileStore(data)
+        service = PredictionService(store, files, webhooks, render=replicate_api.render)
+        app.state.settings, app.state.store, app.state.files = settings, store, files
+        app.state.predictions, app.state.webhook_secret = service, secret
+        app.state.scheduler, app.state.load_error = None, None
+        threading.Thread(target=_load_model, args=(app, settings, service), name="kontext-load", daemon=True).start()
+        yield
+        if app.state.scheduler is not None:
+            app.state.scheduler.stop()
+        webhooks.stop()
+        store.close()
+
+    app = FastAPI(title="kontext-server", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        return render_error(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        fields = [InvalidField(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()]
+        return render_error(request, ApiError.invalid(fields))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return render_error(request, ApiError(error.status_code, str(error.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return render_error(request, ApiError(500, f"internal error: {type(error).__name__}"))
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        scheduler, error = request.app.state.scheduler, request.app.state.load_error
+        status = "ready" if scheduler else "failed" if error else "loading"
+        body = {"status": status, "model": settings.model}
+        if error:
+            body["error"] = error
+        if scheduler:
+            body.update(queued=scheduler.queued, running=scheduler.running, forward_passes=scheduler.forward_passes,
+                        max_batch_size=scheduler.max_batch_size, max_queue=scheduler.max_queue)
+        return JSONResponse(body, 200 if scheduler else 503)
+
+    @app.get("/files/{token}/{name}")
+    async def output_file(token: str, name: str, request: Request) -> FileResponse:
+        path = request.app.state.files.output_path(token, name)
+        if path is None:
+            raise ApiError(404, "no such file")
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+    auth = [Depends(require_key)]
+    app.include_router(openai_api.router, prefix="/v1", dependencies=auth)
+    app.include_router(replicate_api.router, prefix="/v1", dependencies=auth)
+    app.include_router(replicate_api.router, prefix="/replicate/v1", dependencies=auth, include_in_schema=False)
+    return app
