@@ -12,6 +12,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -63,6 +64,37 @@ def _load_model(app: FastAPI, settings: Settings, service: PredictionService) ->
         app.state.load_error = f"{type(err).__name__}: {err}"
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM/SIGINT drains: creates answer 503 and /health says "draining" (so a load
+    balancer moves on) while queued and running predictions finish, for up to `shutdown_grace_s`; then the
+    server exits. A second signal exits at once, as plain uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace: float):
+        super().__init__(config)
+        self.app, self.grace, self._draining = app, grace, False
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._draining or getattr(self.app.state, "predictions", None) is None:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self.app.state.predictions.draining = True
+        log.warning("shutting down: draining for up to %.0f s (signal again to exit now)", self.grace)
+        threading.Thread(target=self._drain, name="kontext-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        scheduler = self.app.state.scheduler
+        if scheduler is not None and not scheduler.drain(self.grace):
+            log.warning("grace period over: failing the predictions still queued or running")
+        self.should_exit = True
+
+
+def serve_forever(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    DrainingServer(config, app, settings.shutdown_grace_s).run()
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -108,14 +140,15 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         scheduler, error = request.app.state.scheduler, request.app.state.load_error
-        status = "ready" if scheduler else "failed" if error else "loading"
+        draining = request.app.state.predictions.draining
+        status = "draining" if draining else "ready" if scheduler else "failed" if error else "loading"
         body = {"status": status, "model": settings.model}
         if error:
             body["error"] = error
         if scheduler:
             body.update(queued=scheduler.queued, running=scheduler.running, forward_passes=scheduler.forward_passes,
                         max_batch_size=scheduler.max_batch_size, max_queue=scheduler.max_queue)
-        return JSONResponse(body, 200 if scheduler else 503)
+        return JSONResponse(body, 200 if status == "ready" else 503)
 
     @app.get("/files/{token}/{name}")
     async def output_file(token: str, name: str, request: Request) -> FileResponse:

@@ -82,9 +82,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from server.app import create_app, is_loopback
+    from server.app import is_loopback, serve_forever
 
     settings = _settings(args)
     if not settings.api_keys:
@@ -95,7 +93,7 @@ def serve(args: argparse.Namespace) -> None:
                     "" if not is_loopback(settings.host) else " (bound to loopback only)")
     if settings.model == "demo":
         log.warning(DEMO_NOTICE)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    serve_forever(settings)
 
 
 def generate(args: argparse.Namespace) -> None:

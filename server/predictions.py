@@ -42,6 +42,7 @@ class PredictionService:
         self.store, self.files, self.webhooks = store, files, webhooks
         self.render = render  # prediction → the JSON that webhooks carry (Replicate's shape)
         self.scheduler: Scheduler | None = None
+        self.draining = False  # set on SIGTERM: no new predictions, the running ones finish
         self._lock = threading.RLock()
         self._outputs: dict[str, OutputOptions] = {}
         self._deadline_timers: dict[str, threading.Timer] = {}
@@ -53,6 +54,8 @@ class PredictionService:
     def create(self, prediction: Prediction, request: GenerationRequest, output: OutputOptions,
                cancel_after: float | None = None) -> Prediction:
         """Store the prediction and queue its job; 429 (nothing stored) when the queue is full."""
+        if self.draining:
+            raise ApiError(503, "the server is shutting down; retry on another instance", retry_after=5)
         if self.scheduler is None:
             raise ApiError(503, "the model is still loading; retry shortly", retry_after=5)
         with self._lock:

@@ -40,6 +40,9 @@ class SchedulerListener(Protocol):
     def canceled(self, job_id: str, started: bool) -> None: ...
 
 
+SHUTDOWN_ERROR = "the server shut down before this prediction finished; please run it again"
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue` jobs already; the caller should answer 429 and retry later."""
 
@@ -81,10 +84,24 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; jobs still queued or running fail with a message that says so."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout)
+        with self._cond:
+            left = list(self._waiting) + [job for job, _ in self._active]
+            self._waiting.clear()
+            self._active = []
+        for job in left:
+            self.listener.failed(job.id, SHUTDOWN_ERROR)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the queued and running jobs to finish; True when none are left."""
+        deadline = time.monotonic() + timeout
+        while (self._waiting or self._active) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not (self._waiting or self._active)
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -174,7 +191,8 @@ class Scheduler:
                 self.listener.succeeded(job.id, image, time.monotonic() - (job.started or job.submitted))
 
     def _isolated(self, run: Callable[[list[X]], Sequence[R] | None], pairs: list[tuple[Job, X]]):
-        """Run `run` on a batch; if it raises, run each item alone and fail only the jobs that raise alone.
+        """Run `run` on a batch; if it raises, run each half again (recursively), so an error that comes from the
+        batch's size (out of memory) costs a few retries and one that comes from a request fails that job alone.
 
         Returns (job, item, result) for the items that succeeded; `run` returns one result per item, or None.
         """
@@ -184,7 +202,8 @@ class Scheduler:
             results = run([item for _, item in pairs])
         except Exception as err:  # noqa: BLE001 - every failure is reported to its own job
             if len(pairs) > 1:
-                return [triple for pair in pairs for triple in self._isolated(run, [pair])]
+                half = len(pairs) // 2
+                return self._isolated(run, pairs[:half]) + self._isolated(run, pairs[half:])
             log.exception("job %s failed", pairs[0][0].id)
             self.listener.failed(pairs[0][0].id, describe(err))
             return []

@@ -15,6 +15,7 @@ import pytest
 import replicate
 from replicate.exceptions import ModelError, ReplicateError
 
+from server.scheduler import SHUTDOWN_ERROR
 from server.store import RESTART_ERROR
 from tests.server.conftest import API_KEY, REPO, RunningServer, start_server
 
@@ -121,3 +122,36 @@ def test_non_loopback_bind_without_keys_is_refused(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and "refusing to serve 0.0.0.0 without API keys" in result.stderr
+
+
+def test_sigterm_drains_running_predictions_and_refuses_new_ones(tmp_path: Path, image_host: str) -> None:
+    image = f"{image_host}/ref.png"
+    server = start_server(tmp_path / "drain", megapixels="1.0")
+    running = create(server, 6, image).json()
+    wait_for(server, running["id"], {"processing"})
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    refused = create(server, 4, image)
+    assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+    assert refused.headers["retry-after"] == "5"
+    health = httpx.get(f"{server.url}/health")
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    server.process.wait(timeout=60)
+    server = start_server(tmp_path / "drain", megapixels="1.0")
+    try:
+        assert status(server, running["id"])["status"] == "succeeded"  # it finished before the exit
+    finally:
+        server.stop()
+
+
+def test_grace_period_over_fails_what_is_left_with_a_clear_error(tmp_path: Path, image_host: str) -> None:
+    server = start_server(tmp_path / "short", megapixels="1.0", shutdown_grace_s="0.5")
+    running = create(server, 50, f"{image_host}/ref.png").json()
+    wait_for(server, running["id"], {"processing"})
+    server.stop()
+    server = start_server(tmp_path / "short", megapixels="1.0")
+    try:
+        body = status(server, running["id"])
+        assert body["status"] == "failed" and body["error"] == SHUTDOWN_ERROR
+    finally:
+        server.stop()

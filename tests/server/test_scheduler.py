@@ -112,27 +112,29 @@ def test_a_bad_request_fails_alone(scheduler: Scheduler, recorder: Recorder) -> 
 
 
 class OutOfMemoryForBatches(KontextPipeline):
-    """The demo pipeline, but a forward pass over more than one request runs out of memory."""
+    """The demo pipeline, but a forward pass over more than `limit` requests runs out of memory."""
 
-    def __init__(self, base: KontextPipeline):
+    def __init__(self, base: KontextPipeline, limit: int = 1):
         super().__init__(base.transformer, base.text_encoder, base.autoencoder, base.time_shift)
         self.attempts: list[int] = []
+        self.limit = limit
 
     def denoise_step(self, states: list[DenoiseState]) -> None:
         self.attempts.append(len(states))
-        if len(states) > 1:
+        if len(states) > self.limit:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
         super().denoise_step(states)
 
 
-def test_a_batch_that_fails_is_retried_request_by_request(pipeline: KontextPipeline, recorder: Recorder) -> None:
-    flaky = OutOfMemoryForBatches(pipeline)
+def test_a_batch_that_fails_is_split_in_halves(pipeline: KontextPipeline, recorder: Recorder) -> None:
+    flaky = OutOfMemoryForBatches(pipeline, limit=2)
+    jobs = [Job(f"j{i}", request(i)) for i in range(4)]
     for scheduler in running(flaky, recorder, max_batch_size=4, max_queue_delay=0.2):
-        scheduler.submit(Job("a", request(1)))
-        scheduler.submit(Job("b", request(2)))
-        recorder.wait_ended(["a", "b"])
-    assert set(recorder.images) == {"a", "b"} and not recorder.errors
-    assert 2 in flaky.attempts and flaky.attempts.count(1) >= 2 * STEPS
+        for job in jobs:
+            scheduler.submit(job)
+        recorder.wait_ended([job.id for job in jobs])
+    assert set(recorder.images) == {job.id for job in jobs} and not recorder.errors
+    assert flaky.attempts[:3] == [4, 2, 2] and 1 not in flaky.attempts  # halves, never one by one
 
 
 class AlwaysOutOfMemory(OutOfMemoryForBatches):
