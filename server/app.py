@@ -6,6 +6,7 @@
                                                 scheduler (one worker thread owns the model)
 """
 
+import hashlib
 import ipaddress
 import logging
 import threading
@@ -15,12 +16,13 @@ from pathlib import Path
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from model.pipeline import DTYPES, load
 from server import openai_api, replicate_api
-from server.auth import is_authorized
+from server.auth import RateLimiter, authorized_key
 from server.errors import ApiError, InvalidField
 from server.files import FileStore
 from server.predictions import PredictionService
@@ -41,9 +43,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+CREATE_PATHS = ("/predictions", "/chat/completions", "/images/generations", "/images/edits")
+
+
 async def require_key(request: Request) -> None:
-    if not is_authorized(request.headers.get("authorization"), list(request.app.state.settings.api_keys)):
-        raise ApiError(401, "You did not pass a valid authentication token")
+    """Authenticate (when keys are configured) and apply the per-client rate limits."""
+    settings = request.app.state.settings
+    client = request.client.host if request.client else "unknown"
+    if settings.api_keys:
+        key = authorized_key(request.headers.get("authorization"), settings.api_keys)
+        if key is None:
+            raise ApiError(401, "You did not pass a valid authentication token")
+        client = "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    is_create = request.method == "POST" and request.url.path.endswith(CREATE_PATHS)
+    limiter = request.app.state.create_limiter if is_create else request.app.state.request_limiter
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise ApiError(429, f"Request was throttled. Your rate limit resets in ~{wait}s.", retry_after=wait)
 
 
 def render_error(request: Request, error: ApiError) -> Response:
@@ -110,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings, app.state.store, app.state.files = settings, store, files
         app.state.predictions, app.state.webhook_secret = service, secret
         app.state.scheduler, app.state.load_error = None, None
+        app.state.create_limiter = RateLimiter(settings.rate_limit_creates_per_minute)
+        app.state.request_limiter = RateLimiter(settings.rate_limit_requests_per_minute)
         threading.Thread(target=_load_model, args=(app, settings, service), name="kontext-load", daemon=True).start()
         yield
         if app.state.scheduler is not None:
@@ -118,6 +136,9 @@ def create_app(settings: Settings) -> FastAPI:
         store.close()
 
     app = FastAPI(title="kontext-server", version="0.1.0", lifespan=lifespan)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Location", "Retry-After"])
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:

@@ -27,7 +27,10 @@ class Settings:
     port: int = 8000
     data_dir: str = "kontext-data"  # predictions database, outputs and uploads
     public_url: str | None = None  # base of the URLs we hand out, when behind a proxy; default: the request's
-    api_keys: tuple[str, ...] = ()  # $KONTEXT_API_KEYS, comma-separated; none: loopback only, no auth
+    api_keys: tuple[str, ...] = ()  # $KONTEXT_API_KEYS, comma-separated, plain or "sha256:<hex>"; none: no auth
+    rate_limit_creates_per_minute: int = 0  # per key (or client address without keys); 0: no limit
+    rate_limit_requests_per_minute: int = 0  # the same for every other request (polling, lists, files)
+    cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*" for any); none: CORS off
     insecure_no_auth: bool = False  # allow a non-loopback bind without keys
     max_batch_size: int = 4  # requests sharing one forward pass
     max_queue: int = 64  # queued requests beyond which create answers 429

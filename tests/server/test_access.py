@@ -1,0 +1,54 @@
+"""Who gets in: key schemes, hashed keys, per-key rate limits, CORS."""
+
+import hashlib
+from pathlib import Path
+
+import httpx
+
+from server.auth import RateLimiter, authorized_key, presented_key
+from tests.server.conftest import API_KEY, RunningServer, start_server
+
+DEV = "black-forest-labs/flux-kontext-dev"
+
+
+def test_key_schemes_and_hashed_keys() -> None:
+    hashed = "sha256:" + hashlib.sha256(b"sk-secret").hexdigest()
+    assert presented_key("Bearer sk-a") == presented_key("token sk-a") == presented_key("sk-a") == "sk-a"
+    assert authorized_key("Bearer sk-secret", [hashed]) == "sk-secret"
+    assert authorized_key("Bearer sk-a", ["sk-b", "sk-a"]) == "sk-a"
+    for bad in (None, "", "Bearer", "Bearer sk-wrong", "Basic c2stYQ=="):
+        assert authorized_key(bad, ["sk-a", hashed]) is None
+
+
+def test_rate_limiter_allows_bursts_then_says_when_to_retry() -> None:
+    limiter = RateLimiter(per_minute=3)
+    assert [limiter.retry_after("a") for _ in range(3)] == [None, None, None]
+    assert limiter.retry_after("a") == 20  # one token every 20 s
+    assert limiter.retry_after("b") is None  # buckets are per client
+    assert RateLimiter(per_minute=0).retry_after("a") is None  # off
+
+
+def test_rate_limits_and_cors_on_a_real_server(tmp_path: Path, image_host: str) -> None:
+    hashed = "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()
+    server = start_server(tmp_path / "data", api_keys=hashed, rate_limit_creates_per_minute="2",
+                          cors_origins="https://app.example")
+    try:
+        body = {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png", "num_inference_steps": 4}}
+        url = f"{server.url}/v1/models/{DEV}/predictions"
+        codes = [httpx.post(url, json=body, headers=server.headers, timeout=30).status_code for _ in range(3)]
+        assert codes == [201, 201, 429]
+        throttled = httpx.post(url, json=body, headers=server.headers, timeout=30)
+        assert int(throttled.headers["retry-after"]) >= 1 and throttled.json()["title"] == "Too many requests"
+        assert httpx.get(f"{server.url}/v1/predictions", headers=server.headers).status_code == 200  # reads go on
+        preflight = httpx.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                                                "Access-Control-Request-Headers": "authorization,content-type"})
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.get(f"{server.url}/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        server.stop()
+
+
+def test_cors_is_off_by_default(server: RunningServer) -> None:
+    response = httpx.get(f"{server.url}/health", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in response.headers
