@@ -24,6 +24,7 @@ from model.pipeline import DTYPES, load
 from server import openai_api, replicate_api
 from server.auth import RateLimiter, authorized_key
 from server.errors import ApiError, InvalidField
+from server.fetch import FetchPolicy
 from server.files import FileStore
 from server.predictions import PredictionService
 from server.scheduler import Scheduler
@@ -120,10 +121,12 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("prediction %s was %s when the server stopped; marked failed", prediction.id,
                         "queued or running")
         secret = load_or_create_secret(data / "webhook_secret")
-        webhooks = WebhookSender(secret)
+        policy = FetchPolicy(allow=settings.fetch_allow, max_bytes=settings.max_input_bytes)
+        webhooks = WebhookSender(secret, store, policy)
         files = FileStore(data)
         service = PredictionService(store, files, webhooks, render=replicate_api.render)
         app.state.settings, app.state.store, app.state.files = settings, store, files
+        app.state.fetch_policy = policy
         app.state.predictions, app.state.webhook_secret = service, secret
         app.state.scheduler, app.state.load_error = None, None
         app.state.create_limiter = RateLimiter(settings.rate_limit_creates_per_minute)

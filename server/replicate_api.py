@@ -5,6 +5,7 @@ Inputs are validated against the schema of the Replicate model named in the requ
 `IGNORED_INPUTS` and in the README.
 """
 
+import asyncio
 import base64
 import json
 import re
@@ -17,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from model.pipeline import GenerationRequest
 from model.resolution import ASPECT_RATIOS
 from server.errors import ApiError, InvalidField
+from server.fetch import FetchError, resolve
 from server.images import ImageInputError, load_image
 from server.predictions import OutputOptions, new_id
 from server.store import Prediction
@@ -256,8 +258,13 @@ async def _create(request: Request, model: str, version: str, body: dict[str, An
     )
     webhook = body.get("webhook") or body.get("webhook_completed")
     events = body.get("webhook_events_filter") or (["completed"] if body.get("webhook_completed") else None)
-    if webhook is not None and not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
-        raise ApiError.invalid([InvalidField("webhook", "webhook must be an http(s) URL", "format")])
+    if webhook is not None:
+        if not isinstance(webhook, str):
+            raise ApiError.invalid([InvalidField("webhook", "webhook must be an http(s) URL", "format")])
+        try:
+            await asyncio.to_thread(resolve, webhook, state.fetch_policy)
+        except FetchError as err:
+            raise ApiError.invalid([InvalidField("webhook", str(err), "format")]) from None
     if events is not None and (not isinstance(events, list)
                                or not set(events) <= {"start", "output", "logs", "completed"}):
         raise ApiError.invalid([InvalidField(

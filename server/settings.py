@@ -30,6 +30,9 @@ class Settings:
     api_keys: tuple[str, ...] = ()  # $KONTEXT_API_KEYS, comma-separated, plain or "sha256:<hex>"; none: no auth
     rate_limit_creates_per_minute: int = 0  # per key (or client address without keys); 0: no limit
     rate_limit_requests_per_minute: int = 0  # the same for every other request (polling, lists, files)
+    fetch_allow: tuple[str, ...] = ()  # non-public networks (CIDR) image and webhook URLs may reach
+    max_input_bytes: int = 50 * 1024 * 1024  # largest input image fetched
+    max_image_pixels: int = 50_000_000  # largest input image decoded (decompression bombs)
     cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*" for any); none: CORS off
     insecure_no_auth: bool = False  # allow a non-loopback bind without keys
     max_batch_size: int = 4  # requests sharing one forward pass

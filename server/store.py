@@ -48,6 +48,17 @@ class Prediction:
         return self.status in TERMINAL
 
 
+@dataclass
+class WebhookMessage:
+    """A webhook delivery waiting in the outbox; kept until it is delivered or given up."""
+
+    message_id: str  # the same across retries, so receivers can deduplicate
+    url: str
+    body: str
+    attempt: int = 0
+    due: float = 0.0  # unix time of the next attempt
+
+
 class PredictionStore(ABC):
     """The operations the server needs; a shared database can implement the same interface."""
 
@@ -68,6 +79,17 @@ class PredictionStore(ABC):
     def recover(self) -> list[Prediction]:
         """After a restart: fail every prediction that was queued or running, and return them."""
 
+    @abstractmethod
+    def outbox_put(self, message: WebhookMessage) -> None:
+        """Add or update a webhook delivery."""
+
+    @abstractmethod
+    def outbox_remove(self, message_id: str) -> None: ...
+
+    @abstractmethod
+    def outbox(self) -> list[WebhookMessage]:
+        """Every pending delivery, soonest first."""
+
 
 class SQLiteStore(PredictionStore):
     def __init__(self, path: Path):
@@ -82,6 +104,11 @@ class SQLiteStore(PredictionStore):
                 " id TEXT PRIMARY KEY, created_at TEXT NOT NULL, status TEXT NOT NULL, data TEXT NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON predictions (created_at DESC, id DESC)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS webhook_outbox ("
+                " message_id TEXT PRIMARY KEY, url TEXT NOT NULL, body TEXT NOT NULL, attempt INTEGER NOT NULL,"
+                " due REAL NOT NULL)"
+            )
 
     def create(self, prediction: Prediction) -> None:
         with self._lock:
@@ -123,6 +150,24 @@ class SQLiteStore(PredictionStore):
             self.update(prediction)
             recovered.append(prediction)
         return recovered
+
+    def outbox_put(self, message: WebhookMessage) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO webhook_outbox (message_id, url, body, attempt, due) VALUES (?, ?, ?, ?, ?)",
+                (message.message_id, message.url, message.body, message.attempt, message.due),
+            )
+
+    def outbox_remove(self, message_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM webhook_outbox WHERE message_id = ?", (message_id,))
+
+    def outbox(self) -> list[WebhookMessage]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT message_id, url, body, attempt, due FROM webhook_outbox ORDER BY due"
+            ).fetchall()
+        return [WebhookMessage(*row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -1,22 +1,27 @@
-"""Webhooks: Standard Webhooks signatures (as Replicate signs) and deliveries with retries off the worker thread."""
+"""Webhooks: Standard Webhooks signatures (as Replicate signs), delivered from a persisted outbox with retries.
+
+Deliveries go through the guarded fetch client without following redirects (as Replicate), from a background
+thread in due-time order: a receiver that is down delays only its own retries, never the scheduler, and a
+delivery still pending when the server stops is sent after the restart.
+"""
 
 import base64
 import hashlib
-import heapq
 import hmac
 import json
 import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
+from server.fetch import FetchError, FetchPolicy, guarded_request
+from server.store import PredictionStore, WebhookMessage
 
 log = logging.getLogger("kontext.webhooks")
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)  # after the first attempt: 6 attempts over about half a minute
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # after the first attempt: 7 attempts over about a minute
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -36,71 +41,62 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-@dataclass(order=True)
-class Delivery:
-    due: float
-    attempt: int
-    url: str
-    message_id: str  # the same across retries, so receivers can deduplicate
-    body: bytes
-
-
 class WebhookSender:
-    """Delivers from a background thread in due-time order: a receiver that is down delays only its own retries,
-    and never the scheduler."""
-
-    def __init__(self, secret: str, timeout: float = 10.0, retry_delays: tuple[float, ...] = RETRY_DELAYS):
-        self.secret, self.timeout, self.retry_delays = secret, timeout, retry_delays
-        self._pending: list[Delivery] = []
+    def __init__(self, secret: str, store: PredictionStore, policy: FetchPolicy,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS):
+        self.secret, self.store, self.retry_delays = secret, store, retry_delays
+        self.policy = replace(policy, max_redirects=0, read_timeout=min(policy.read_timeout, 10.0))
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="kontext-webhooks", daemon=True)
         self._thread.start()
 
     def send(self, url: str, payload: dict[str, Any]) -> None:
-        self._schedule(Delivery(time.monotonic(), 0, url, "msg_" + secrets.token_hex(12), json.dumps(payload).encode()))
+        message = WebhookMessage("msg_" + secrets.token_hex(12), url, json.dumps(payload), due=time.time())
+        self.store.outbox_put(message)
+        with self._cond:
+            self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=5)
-
-    def _schedule(self, delivery: Delivery) -> None:
-        with self._cond:
-            heapq.heappush(self._pending, delivery)
-            self._cond.notify_all()
+        self._thread.join(timeout=15)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
-            while True:
-                with self._cond:
-                    while not self._stopping and (not self._pending or self._pending[0].due > time.monotonic()):
-                        self._cond.wait(self._pending[0].due - time.monotonic() if self._pending else None)
-                    if self._stopping:
-                        return
-                    delivery = heapq.heappop(self._pending)
-                self._attempt(client, delivery)
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    pending = self.store.outbox()
+                    if pending and pending[0].due <= time.time():
+                        break
+                    self._cond.wait(min(pending[0].due - time.time(), 1.0) if pending else None)
+                if self._stopping:
+                    return
+            self._attempt(pending[0])
 
-    def _attempt(self, client: httpx.Client, delivery: Delivery) -> None:
+    def _attempt(self, message: WebhookMessage) -> None:
         timestamp = int(time.time())
+        body = message.body.encode()
         headers = {
             "content-type": "application/json",
-            "webhook-id": delivery.message_id,
+            "webhook-id": message.message_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.secret, delivery.message_id, timestamp, delivery.body),
+            "webhook-signature": sign(self.secret, message.message_id, timestamp, body),
         }
         try:
-            response = client.post(delivery.url, content=delivery.body, headers=headers)
-            if response.status_code < 300:
+            status, _ = guarded_request("POST", message.url, self.policy, content=body, headers=headers)
+            if status < 300:
+                self.store.outbox_remove(message.message_id)
                 return
-            reason = f"HTTP {response.status_code}"
-        except httpx.HTTPError as err:
-            reason = f"{type(err).__name__}: {err}"
-        if delivery.attempt < len(self.retry_delays):
-            log.warning("webhook %s to %s failed (%s); retrying", delivery.message_id, delivery.url, reason)
-            delay = self.retry_delays[delivery.attempt]
-            self._schedule(replace(delivery, due=time.monotonic() + delay, attempt=delivery.attempt + 1))
+            reason = f"HTTP {status}"
+        except FetchError as err:
+            reason = str(err)
+        if message.attempt < len(self.retry_delays):
+            log.warning("webhook %s to %s failed (%s); retrying", message.message_id, message.url, reason)
+            delay = self.retry_delays[message.attempt]
+            self.store.outbox_put(replace(message, attempt=message.attempt + 1, due=time.time() + delay))
         else:
-            log.error("webhook %s to %s failed (%s); giving up after %d attempts", delivery.message_id,
-                      delivery.url, reason, delivery.attempt + 1)
+            log.error("webhook %s to %s failed (%s); giving up after %d attempts", message.message_id,
+                      message.url, reason, message.attempt + 1)
+            self.store.outbox_remove(message.message_id)

@@ -58,6 +58,7 @@ def start_server(data_dir: Path, ready_timeout: str = "180", **settings: str) ->
     env = {
         **os.environ, "KONTEXT_MODEL": "demo", "KONTEXT_DEVICE": "cpu", "KONTEXT_DATA_DIR": str(data_dir),
         "KONTEXT_PORT": str(port), "KONTEXT_API_KEYS": API_KEY, "KONTEXT_MEGAPIXELS": "0.0625",
+        "KONTEXT_FETCH_ALLOW": "127.0.0.0/8",  # the tests' image hosts and webhook receivers are on loopback
         **{f"KONTEXT_{k.upper()}": v for k, v in settings.items()},
     }
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,14 @@
 This server runs at the full 1 MP table sizes, so a 50-step job keeps the CPU busy long enough to observe.
 """
 
+import json
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,7 @@ from replicate.exceptions import ModelError, ReplicateError
 
 from server.scheduler import SHUTDOWN_ERROR
 from server.store import RESTART_ERROR
-from tests.server.conftest import API_KEY, REPO, RunningServer, start_server
+from tests.server.conftest import API_KEY, REPO, RunningServer, free_port, start_server
 
 DEV = "black-forest-labs/flux-kontext-dev"
 
@@ -155,3 +158,40 @@ def test_grace_period_over_fails_what_is_left_with_a_clear_error(tmp_path: Path,
         assert body["status"] == "failed" and body["error"] == SHUTDOWN_ERROR
     finally:
         server.stop()
+
+
+def test_webhook_deliveries_survive_a_restart(tmp_path: Path, image_host: str) -> None:
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    port = free_port()  # nothing listens there yet: the receiver is down
+    server = start_server(tmp_path / "data")
+    try:
+        prediction = httpx.post(
+            f"{server.url}/v1/models/{DEV}/predictions", headers={**server.headers, "Prefer": "wait"},
+            json={"input": {"prompt": "p", "input_image": f"{image_host}/ref.png", "num_inference_steps": 4},
+                  "webhook": f"http://127.0.0.1:{port}/hook", "webhook_events_filter": ["completed"]},
+        ).json()
+        assert prediction["status"] == "succeeded"
+        time.sleep(0.5)  # the first attempt fails; a retry is due in a second
+    finally:
+        server.stop(signal.SIGKILL)
+    receiver = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    server = start_server(tmp_path / "data")
+    try:
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(received) == 1 and json.loads(received[0])["id"] == prediction["id"]
+    finally:
+        server.stop()
+        receiver.shutdown()

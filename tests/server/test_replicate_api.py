@@ -297,6 +297,12 @@ def test_webhook_retry_keeps_the_id_and_signs_again(client: replicate.Client, se
     replicate.webhooks.validate(headers=second, body=body2.decode(), secret=secret)
 
 
+@pytest.mark.parametrize("hook", ["http://10.0.0.1/hook", "http://169.254.169.254/", "ftp://example.com/x"])
+def test_webhooks_to_internal_addresses_are_refused(server: RunningServer, image_host: str, hook: str) -> None:
+    response = create(server, {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png"}, "webhook": hook})
+    assert response.status_code == 422 and response.json()["invalid_fields"][0]["field"] == "webhook"
+
+
 def test_health_reports_the_scheduler(server: RunningServer) -> None:
     health = server.health()
     assert health["status"] == "ready" and health["model"] == "demo" and health["forward_passes"] > 0

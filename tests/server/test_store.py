@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from server.store import RESTART_ERROR, Prediction, SQLiteStore
+from server.store import RESTART_ERROR, Prediction, SQLiteStore, WebhookMessage
 
 
 def test_round_trip_update_and_pages(tmp_path: Path) -> None:
@@ -33,3 +33,15 @@ def test_recover_fails_what_was_queued_or_running_and_keeps_the_rest(tmp_path: P
         assert p.status == "failed" and p.error == RESTART_ERROR and p.completed_at
     assert reopened.get("done").status == "succeeded"
     assert reopened.recover() == []
+
+
+def test_webhook_outbox_survives_reopening(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db")
+    store.outbox_put(WebhookMessage("m2", "http://x/2", "{}", due=20.0))
+    store.outbox_put(WebhookMessage("m1", "http://x/1", "{}", due=10.0))
+    store.outbox_put(WebhookMessage("m2", "http://x/2", "{}", attempt=1, due=5.0))  # a retry replaces it
+    store.close()
+    reopened = SQLiteStore(tmp_path / "p.db")
+    assert [(m.message_id, m.attempt) for m in reopened.outbox()] == [("m2", 1), ("m1", 0)]
+    reopened.outbox_remove("m2")
+    assert [m.message_id for m in reopened.outbox()] == ["m1"]
