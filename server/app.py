@@ -26,7 +26,8 @@ from server.auth import RateLimiter, authorized_key
 from server.errors import ApiError, InvalidField
 from server.fetch import FetchPolicy
 from server.files import FileStore
-from server.predictions import PredictionService
+from server.limits import BodySizeLimit
+from server.predictions import Limits, PredictionService
 from server.scheduler import Scheduler
 from server.settings import Settings
 from server.store import SQLiteStore
@@ -63,8 +64,12 @@ async def require_key(request: Request) -> None:
         raise ApiError(429, f"Request was throttled. Your rate limit resets in ~{wait}s.", retry_after=wait)
 
 
+def error_response(path: str, error: ApiError) -> Response:
+    return error.openai_response() if openai_api.owns(path) else error.replicate_response()
+
+
 def render_error(request: Request, error: ApiError) -> Response:
-    return error.openai_response() if openai_api.owns(request.url.path) else error.replicate_response()
+    return error_response(request.url.path, error)
 
 
 def _load_model(app: FastAPI, settings: Settings, service: PredictionService) -> None:
@@ -124,7 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
         policy = FetchPolicy(allow=settings.fetch_allow, max_bytes=settings.max_input_bytes)
         webhooks = WebhookSender(secret, store, policy)
         files = FileStore(data)
-        service = PredictionService(store, files, webhooks, render=replicate_api.render)
+        limits = Limits(settings.max_prompt_chars, settings.max_output_pixels)
+        service = PredictionService(store, files, webhooks, render=replicate_api.render, limits=limits)
         app.state.settings, app.state.store, app.state.files = settings, store, files
         app.state.fetch_policy = policy
         app.state.predictions, app.state.webhook_secret = service, secret
@@ -139,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
         store.close()
 
     app = FastAPI(title="kontext-server", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, render=error_response)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"])

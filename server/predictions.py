@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from PIL import Image
 
 from model.pipeline import GenerationRequest
-from server.errors import ApiError
+from server.errors import ApiError, InvalidField
 from server.files import FileStore
 from server.scheduler import Job, QueueFull, Scheduler
 from server.store import Prediction, PredictionStore, now
@@ -36,10 +36,28 @@ class OutputOptions:
     quality: int = 80
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int = 10_000
+    max_output_pixels: int = 2048 * 2048
+
+
+def check_limits(request: GenerationRequest, limits: Limits) -> None:
+    """What no API schema bounds: prompt length and explicit output sizes."""
+    if len(request.prompt) > limits.max_prompt_chars:
+        raise ApiError.invalid([InvalidField("input.prompt", f"prompt is longer than {limits.max_prompt_chars} "
+                                             "characters (T5 reads only its first 512 tokens)", "max_length")])
+    if request.width is not None and request.height is not None:
+        if request.width * request.height > limits.max_output_pixels or min(request.width, request.height) < 16:
+            raise ApiError.invalid([InvalidField(
+                "size", f"{request.width}x{request.height} is outside 16 px per side and "
+                f"{limits.max_output_pixels} pixels in all", "size")])
+
+
 class PredictionService:
     def __init__(self, store: PredictionStore, files: FileStore, webhooks: WebhookSender,
-                 render: Callable[[Prediction], dict]):
-        self.store, self.files, self.webhooks = store, files, webhooks
+                 render: Callable[[Prediction], dict], limits: Limits = Limits()):
+        self.store, self.files, self.webhooks, self.limits = store, files, webhooks, limits
         self.render = render  # prediction → the JSON that webhooks carry (Replicate's shape)
         self.scheduler: Scheduler | None = None
         self.draining = False  # set on SIGTERM: no new predictions, the running ones finish
@@ -54,6 +72,7 @@ class PredictionService:
     def create(self, prediction: Prediction, request: GenerationRequest, output: OutputOptions,
                cancel_after: float | None = None) -> Prediction:
         """Store the prediction and queue its job; 429 (nothing stored) when the queue is full."""
+        check_limits(request, self.limits)
         if self.draining:
             raise ApiError(503, "the server is shutting down; retry on another instance", retry_after=5)
         if self.scheduler is None:

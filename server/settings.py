@@ -32,6 +32,9 @@ class Settings:
     rate_limit_requests_per_minute: int = 0  # the same for every other request (polling, lists, files)
     fetch_allow: tuple[str, ...] = ()  # non-public networks (CIDR) image and webhook URLs may reach
     max_input_bytes: int = 50 * 1024 * 1024  # largest input image fetched
+    max_body_bytes: int = 80 * 1024 * 1024  # largest request body (a 50 MB image as a base64 data URI fits)
+    max_prompt_chars: int = 10_000  # T5 reads the first 512 tokens (about 2,000 characters of English) anyway
+    max_output_pixels: int = 2048 * 2048  # largest explicit width × height
     max_image_pixels: int = 50_000_000  # largest input image decoded (decompression bombs)
     cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*" for any); none: CORS off
     insecure_no_auth: bool = False  # allow a non-loopback bind without keys

@@ -1,6 +1,7 @@
 """Who gets in: key schemes, hashed keys, per-key rate limits, CORS."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import httpx
@@ -31,12 +32,19 @@ def test_rate_limiter_allows_bursts_then_says_when_to_retry() -> None:
 def test_rate_limits_and_cors_on_a_real_server(tmp_path: Path, image_host: str) -> None:
     hashed = "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()
     server = start_server(tmp_path / "data", api_keys=hashed, rate_limit_creates_per_minute="2",
-                          cors_origins="https://app.example")
+                          cors_origins="https://app.example", max_body_bytes="100000")
     try:
         body = {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png", "num_inference_steps": 4}}
         url = f"{server.url}/v1/models/{DEV}/predictions"
-        codes = [httpx.post(url, json=body, headers=server.headers, timeout=30).status_code for _ in range(3)]
-        assert codes == [201, 201, 429]
+        huge = {"input": {"prompt": "p" * 200_000}}
+        declared = httpx.post(url, json=huge, headers=server.headers)  # refused before auth and rate limits
+        assert declared.status_code == 413 and declared.json()["title"] == "Request too large"
+        chunked = httpx.post(url, content=iter([json.dumps(huge).encode()[i : i + 50_000]
+                                                for i in range(0, 200_100, 50_000)]),
+                             headers={**server.headers, "Content-Type": "application/json"})
+        assert chunked.status_code == 413  # counted while it streams (this one took a create token)
+        codes = [httpx.post(url, json=body, headers=server.headers, timeout=30).status_code for _ in range(2)]
+        assert codes == [201, 429]
         throttled = httpx.post(url, json=body, headers=server.headers, timeout=30)
         assert int(throttled.headers["retry-after"]) >= 1 and throttled.json()["title"] == "Too many requests"
         assert httpx.get(f"{server.url}/v1/predictions", headers=server.headers).status_code == 200  # reads go on
@@ -45,6 +53,7 @@ def test_rate_limits_and_cors_on_a_real_server(tmp_path: Path, image_host: str) 
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         other = httpx.get(f"{server.url}/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        assert server.health()["status"] == "ready"
     finally:
         server.stop()
 

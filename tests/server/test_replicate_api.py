@@ -159,6 +159,15 @@ def test_invalid_input_is_a_422_problem(client: replicate.Client, image_host: st
     assert field in raised.value.detail
 
 
+def test_overlong_prompts_and_bad_json_are_refused(server: RunningServer, image_host: str) -> None:
+    long = create(server, {"input": {"prompt": "p" * 10_001, "input_image": f"{image_host}/ref.png"}})
+    assert long.status_code == 422 and long.json()["invalid_fields"][0]["field"] == "input.prompt"
+    for raw in (b"{not json", b"[1, 2]", b'"text"'):
+        bad = httpx.post(f"{server.url}/v1/models/{DEV}/predictions", content=raw,
+                         headers={**server.headers, "Content-Type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["status"] == 400
+
+
 def test_pro_and_max_schemas(server: RunningServer, image_host: str) -> None:
     response = create(server, {"input": {"prompt": "p", "output_format": "webp"}},
                       path="/v1/models/black-forest-labs/flux-kontext-pro/predictions")
