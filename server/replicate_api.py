@@ -8,6 +8,7 @@ Inputs are validated against the schema of the Replicate model named in the requ
 import asyncio
 import base64
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +89,7 @@ def validate(schema: dict[str, Field], values: dict[str, Any]) -> dict[str, Any]
             "string": isinstance(value, str), "uri": isinstance(value, str),
             "integer": isinstance(value, int) and not isinstance(value, bool)
             or isinstance(value, float) and value.is_integer(),
-            "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "number": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
             "boolean": isinstance(value, bool),
         }[spec.type]
         if not ok:
