@@ -26,6 +26,7 @@ from server.auth import RateLimiter, authorized_key
 from server.errors import ApiError, InvalidField
 from server.fetch import FetchPolicy
 from server.files import FileStore
+from server.images import ImageLoader
 from server.limits import BodySizeLimit
 from server.predictions import Limits, PredictionService
 from server.scheduler import Scheduler
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
         service = PredictionService(store, files, webhooks, render=replicate_api.render, limits=limits)
         app.state.settings, app.state.store, app.state.files = settings, store, files
         app.state.fetch_policy = policy
+        app.state.images = ImageLoader(files, policy, settings.max_image_pixels)
         app.state.predictions, app.state.webhook_secret = service, secret
         app.state.scheduler, app.state.load_error = None, None
         app.state.create_limiter = RateLimiter(settings.rate_limit_creates_per_minute)

@@ -20,7 +20,7 @@ from model.pipeline import GenerationRequest
 from model.resolution import ASPECT_RATIOS
 from server.errors import ApiError, InvalidField
 from server.fetch import FetchError, resolve
-from server.images import ImageInputError, load_image
+from server.images import ImageInputError
 from server.predictions import OutputOptions, new_id
 from server.store import Prediction
 
@@ -248,7 +248,7 @@ async def _create(request: Request, model: str, version: str, body: dict[str, An
         if not isinstance(image_url, str):
             raise ApiError.invalid([InvalidField("input.input_image", "must be a URL or data URI", "format")])
         try:
-            image = await load_image(image_url, state.files, {request.url.netloc})
+            image = await state.images.load(image_url, {request.url.netloc})
         except ImageInputError as err:
             raise ApiError.invalid([InvalidField("input.input_image", str(err), "format")]) from None
     seed = inputs["seed"] or None  # Replicate: no seed, or 0, draws a random one
