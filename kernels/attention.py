@@ -8,7 +8,6 @@ Faster backends register here under a name and are checked against `math` in the
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

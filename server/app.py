@@ -30,6 +30,7 @@ from server.images import ImageLoader
 from server.limits import BodySizeLimit
 from server.predictions import Limits, PredictionService
 from server.scheduler import Scheduler
+from server.schemas import PROBLEM, Health, document
 from server.settings import Settings
 from server.store import SQLiteStore
 from server.webhooks import WebhookSender, load_or_create_secret
@@ -170,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return render_error(request, ApiError(500, f"internal error: {type(error).__name__}"))
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": Health}, 503: {"model": Health}})
     async def health(request: Request) -> JSONResponse:
         scheduler, error = request.app.state.scheduler, request.app.state.load_error
         draining = request.app.state.predictions.draining
@@ -183,13 +184,15 @@ def create_app(settings: Settings) -> FastAPI:
                         max_batch_size=scheduler.max_batch_size, max_queue=scheduler.max_queue)
         return JSONResponse(body, 200 if status == "ready" else 503)
 
-    @app.get("/files/{token}/{name}")
+    @app.get("/files/{token}/{name}", response_model=None, responses={
+        200: {"content": {"image/webp": {}, "image/png": {}, "image/jpeg": {}}}, 404: PROBLEM})
     async def output_file(token: str, name: str, request: Request) -> FileResponse:
         path = request.app.state.files.output_path(token, name)
         if path is None:
             raise ApiError(404, "no such file")
         return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
+    document(app)
     auth = [Depends(require_key)]
     app.include_router(openai_api.router, prefix="/v1", dependencies=auth)
     app.include_router(replicate_api.router, prefix="/v1", dependencies=auth)

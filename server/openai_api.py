@@ -19,8 +19,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.pipeline import GenerationRequest
 from server.errors import ApiError, InvalidField
+from server.wire import base_url, json_object
 from server.images import ImageInputError
 from server.predictions import OutputOptions, new_id
+from server.schemas import (
+    ChatCompletion,
+    ChatRequest,
+    ImagesEdit,
+    ImagesRequest,
+    ImagesResponse,
+    ModelList,
+    ModelOut,
+    request_body,
+    openai_errors,
+)
 from server.store import Prediction
 
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/images/")
@@ -74,22 +86,12 @@ def size_fields(size: Any) -> dict[str, Any]:
     raise bad("size", f"size must look like 1024x1024, 16:9 or auto, got {size!r}")
 
 
-def base_url(request: Request) -> str:
-    return request.app.state.settings.public_url or str(request.base_url)
 
 
 def output_url(prediction: Prediction, request: Request) -> str:
     return f"{base_url(request).rstrip('/')}/{prediction.output}"
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
 
 
 async def start(request: Request, name: str, prompt: Any, image_source: str | bytes | None, echo: dict[str, Any],
@@ -173,9 +175,10 @@ def image_reply(url: str) -> dict[str, Any]:
 USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", response_model=None, openapi_extra=request_body(ChatRequest), responses={
+    200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **openai_errors()})
 async def chat_completions(request: Request) -> Response:
-    body = await json_body(request)
+    body = await json_object(request)
     name = model_name(body.get("model"))
     prompt, image = conversation_inputs(body.get("messages"))
     echo = {"prompt": prompt, "image": image if image and not image.startswith("data:") else bool(image)}
@@ -225,10 +228,10 @@ def image_options(values: dict[str, Any]) -> tuple[int, str, str, dict[str, Any]
     if not 1 <= n <= 10:
         raise bad("n", "n must be an integer from 1 to 10")
     response_format = values.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
+    if not isinstance(response_format, str) or response_format not in ("url", "b64_json"):
         raise bad("response_format", "response_format must be url or b64_json")
     output_format = values.get("output_format") or "png"
-    if output_format not in OUTPUT_FORMATS:
+    if not isinstance(output_format, str) or output_format not in OUTPUT_FORMATS:
         raise bad("output_format", "output_format must be png, jpeg or webp")
     return n, response_format, output_format, size_fields(values.get("size"))
 
@@ -249,13 +252,15 @@ async def images_response(request: Request, name: str, prompt: Any, image: str |
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": output_format})
 
 
-@router.post("/images/generations")
+@router.post("/images/generations", response_model=None, openapi_extra=request_body(ImagesRequest),
+             responses={200: {"model": ImagesResponse}, **openai_errors()})
 async def images_generations(request: Request) -> Response:
-    body = await json_body(request)
+    body = await json_object(request)
     return await images_response(request, model_name(body.get("model")), body.get("prompt"), None, body)
 
 
-@router.post("/images/edits")
+@router.post("/images/edits", response_model=None, openapi_extra=request_body(ImagesEdit, "multipart/form-data"),
+             responses={200: {"model": ImagesResponse}, **openai_errors()})
 async def images_edits(request: Request) -> Response:
     """Multipart: `image` or `image[]` (the first one is the reference); `mask` is accepted and not used."""
     form = await request.form()
@@ -267,11 +272,11 @@ async def images_edits(request: Request) -> Response:
                                  values)
 
 
-@router.get("/models")
+@router.get("/models", response_model=None, responses={200: {"model": ModelList}, **openai_errors()})
 async def list_models() -> dict[str, Any]:
     return {"object": "list", "data": [model_object(name) for name in MODELS]}
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", response_model=None, responses={200: {"model": ModelOut}, **openai_errors()})
 async def get_model(model_id: str) -> dict[str, Any]:
     return model_object(model_name(model_id))

@@ -19,9 +19,22 @@ from fastapi.responses import FileResponse, JSONResponse
 from model.pipeline import GenerationRequest
 from model.resolution import ASPECT_RATIOS
 from server.errors import ApiError, InvalidField
+from server.wire import base_url, json_object
 from server.fetch import FetchError, resolve
 from server.images import ImageInputError
 from server.predictions import OutputOptions, new_id
+from server.schemas import (
+    FileOut,
+    FileUpload,
+    ModelPredictionCreate,
+    PredictionCreate,
+    PredictionOut,
+    PredictionPage,
+    VersionOut,
+    WebhookSecret,
+    request_body,
+    replicate_errors,
+)
 from server.store import Prediction
 
 OWNER = "black-forest-labs"
@@ -200,18 +213,8 @@ def render(prediction: Prediction, base: str | None = None) -> dict[str, Any]:
     return body
 
 
-def base_url(request: Request) -> str:
-    return request.app.state.settings.public_url or str(request.base_url)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
 
 
 def _model_name(owner: str, name: str) -> str:
@@ -301,31 +304,36 @@ def file_object(upload, base: str) -> dict[str, Any]:
 router = APIRouter()
 
 
-@router.post("/predictions")
+@router.post("/predictions", status_code=201, response_model=None, openapi_extra=request_body(PredictionCreate),
+             responses={201: {"model": PredictionOut}, **replicate_errors()})
 async def create_prediction(request: Request) -> Response:
-    body = await _json_body(request)
+    body = await json_object(request)
     model, version = _resolve_version(body)
     return await _create(request, model, version, body)
 
 
-@router.post("/models/{owner}/{name}/predictions")
+@router.post("/models/{owner}/{name}/predictions", status_code=201, response_model=None,
+             openapi_extra=request_body(ModelPredictionCreate), responses={201: {"model": PredictionOut}, **replicate_errors()})
 async def create_model_prediction(owner: str, name: str, request: Request) -> Response:
     model = _model_name(owner, name)
-    return await _create(request, model, "hidden", await _json_body(request))
+    return await _create(request, model, "hidden", await json_object(request))
 
 
-@router.post("/deployments/{owner}/{name}/predictions")
+@router.post("/deployments/{owner}/{name}/predictions", status_code=201, response_model=None,
+             openapi_extra=request_body(ModelPredictionCreate), responses={201: {"model": PredictionOut}, **replicate_errors()})
 async def create_deployment_prediction(owner: str, name: str, request: Request) -> Response:
     model = _model_name(owner, name)
-    return await _create(request, model, "hidden", await _json_body(request), deployment=f"{owner}/{name}")
+    return await _create(request, model, "hidden", await json_object(request), deployment=f"{owner}/{name}")
 
 
-@router.get("/predictions/{prediction_id}")
+@router.get("/predictions/{prediction_id}", response_model=None,
+            responses={200: {"model": PredictionOut}, **replicate_errors()})
 async def get_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
     return render(request.app.state.predictions.get(prediction_id), base_url(request))
 
 
-@router.post("/predictions/{prediction_id}/cancel")
+@router.post("/predictions/{prediction_id}/cancel", response_model=None,
+             responses={200: {"model": PredictionOut}, **replicate_errors()})
 async def cancel_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
     return render(request.app.state.predictions.cancel(prediction_id), base_url(request))
 
@@ -333,7 +341,7 @@ async def cancel_prediction(prediction_id: str, request: Request) -> dict[str, A
 PAGE_SIZE = 100
 
 
-@router.get("/predictions")
+@router.get("/predictions", response_model=None, responses={200: {"model": PredictionPage}, **replicate_errors()})
 async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
     before = None
     if cursor:
@@ -351,7 +359,8 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
     return {"next": next_url, "previous": None, "results": [render(p, base_url(request)) for p in page]}
 
 
-@router.get("/models/{owner}/{name}/versions/{version_id}")
+@router.get("/models/{owner}/{name}/versions/{version_id}", response_model=None,
+            responses={200: {"model": VersionOut}, **replicate_errors()})
 async def get_version(owner: str, name: str, version_id: str) -> dict[str, Any]:
     model = _model_name(owner, name)
     if not VERSION_ID.match(version_id):
@@ -360,17 +369,21 @@ async def get_version(owner: str, name: str, version_id: str) -> dict[str, Any]:
             "openapi_schema": openapi_schema(model)}
 
 
-@router.post("/files")
+@router.post("/files", status_code=201, response_model=None, openapi_extra=request_body(FileUpload, "multipart/form-data"),
+             responses={201: {"model": FileOut}, **replicate_errors()})
 async def upload_file(request: Request) -> JSONResponse:
     form = await request.form()
     content = form.get("content")
     if content is None or isinstance(content, str):
         raise ApiError.invalid([InvalidField("content", "a file in the multipart field `content` is required",
                                              "required")])
+    raw = form.get("metadata") or "{}"
     try:
-        metadata = json.loads(form.get("metadata") or "{}")
+        metadata = json.loads(raw) if isinstance(raw, str) else None
     except json.JSONDecodeError:
-        raise ApiError.invalid([InvalidField("metadata", "metadata must be a JSON object", "format")]) from None
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise ApiError.invalid([InvalidField("metadata", "metadata must be a JSON object", "format")])
     data = await content.read()
     upload = request.app.state.files.save_upload(
         data, content.filename or "file", content.content_type or "application/octet-stream", metadata
@@ -378,7 +391,7 @@ async def upload_file(request: Request) -> JSONResponse:
     return JSONResponse(file_object(upload, base_url(request)), 201)
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=None, responses={200: {"model": FileOut}, **replicate_errors()})
 async def get_file(file_id: str, request: Request) -> dict[str, Any]:
     found = request.app.state.files.upload(file_id)
     if found is None:
@@ -386,7 +399,8 @@ async def get_file(file_id: str, request: Request) -> dict[str, Any]:
     return file_object(found[0], base_url(request))
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", response_model=None,
+            responses={200: {"content": {"application/octet-stream": {}}}, **replicate_errors()})
 async def get_file_content(file_id: str, request: Request) -> FileResponse:
     found = request.app.state.files.upload(file_id)
     if found is None:
@@ -394,6 +408,7 @@ async def get_file_content(file_id: str, request: Request) -> FileResponse:
     return FileResponse(found[1], media_type=found[0].content_type)
 
 
-@router.get("/webhooks/default/secret")
+@router.get("/webhooks/default/secret", response_model=None,
+            responses={200: {"model": WebhookSecret}, **replicate_errors()})
 async def webhook_secret(request: Request) -> dict[str, str]:
     return {"key": request.app.state.webhook_secret}

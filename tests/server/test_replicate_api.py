@@ -12,7 +12,7 @@ import httpx
 import pytest
 import replicate
 from PIL import Image
-from replicate.exceptions import ModelError, ReplicateError
+from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction as ClientPrediction
 
 from tests.helpers import max_pixel_difference
