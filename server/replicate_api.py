@@ -21,6 +21,7 @@ from model.resolution import ASPECT_RATIOS
 from server.errors import ApiError, InvalidField
 from server.wire import base_url, json_object
 from server.fetch import FetchError, resolve
+from server.files import Upload
 from server.images import ImageInputError
 from server.predictions import OutputOptions, new_id
 from server.schemas import (
@@ -238,14 +239,41 @@ def _resolve_version(body: dict[str, Any]) -> tuple[str, str]:
     raise ApiError(422, "The specified version does not exist (or perhaps you don't have permission to use it?)")
 
 
+def webhook_options(body: dict[str, Any]) -> tuple[Any, list[str] | None]:
+    """(webhook URL, event filter) from a create body; `webhook_completed` is the legacy completed-only form."""
+    webhook = body.get("webhook") or body.get("webhook_completed")
+    events = body.get("webhook_events_filter") or (["completed"] if body.get("webhook_completed") else None)
+    if webhook is not None and not isinstance(webhook, str):
+        raise ApiError.invalid([InvalidField("webhook", "webhook must be an http(s) URL", "format")])
+    if events is not None and (not isinstance(events, list) or not all(
+            isinstance(e, str) and e in ("start", "output", "logs", "completed") for e in events)):
+        raise ApiError.invalid([InvalidField(
+            "webhook_events_filter", 'must be a list of "start", "output", "logs", "completed"', "enum")])
+    return webhook, events
+
+
+def echo(values: dict[str, Any]) -> dict[str, Any]:
+    """The input as the prediction shows it: inline data URIs shortened, so records and pages stay small."""
+    return {k: f"{v[:48]}... ({len(v)} characters)" if isinstance(v, str) and v.startswith("data:") and len(v) > 256
+            else v for k, v in values.items()}
+
+
 async def _create(request: Request, model: str, version: str, body: dict[str, Any],
                   deployment: str | None = None) -> Response:
     values = body.get("input")
     if not isinstance(values, dict):
         raise ApiError.invalid([InvalidField("input", "input is required and must be an object", "required")])
     inputs = validate(SCHEMAS[model], values)
-    image_url = inputs.get("input_image") or first_extra_image(values)
+    webhook, events = webhook_options(body)
+    cancel_after = request.headers.get("cancel-after")
+    deadline = parse_duration(cancel_after) if cancel_after else None
     state = request.app.state
+    if webhook is not None:
+        try:
+            await asyncio.to_thread(resolve, webhook, state.fetch_policy)
+        except FetchError as err:
+            raise ApiError.invalid([InvalidField("webhook", str(err), "format")]) from None
+    image_url = inputs.get("input_image") or first_extra_image(values)
     image = None
     if image_url is not None:
         if not isinstance(image_url, str):
@@ -254,34 +282,20 @@ async def _create(request: Request, model: str, version: str, body: dict[str, An
             image = await state.images.load(image_url, {request.url.netloc})
         except ImageInputError as err:
             raise ApiError.invalid([InvalidField("input.input_image", str(err), "format")]) from None
-    seed = inputs["seed"] or None  # Replicate: no seed, or 0, draws a random one
     generation = GenerationRequest(
         prompt=inputs["prompt"], image=image, aspect_ratio=inputs["aspect_ratio"],
-        num_inference_steps=inputs.get("num_inference_steps", 28), guidance=inputs.get("guidance", 2.5), seed=seed,
+        num_inference_steps=inputs.get("num_inference_steps", 28), guidance=inputs.get("guidance", 2.5),
+        seed=inputs["seed"] or None,  # as on Replicate: no seed, or 0, draws a random one
         megapixels=state.settings.megapixels,
     )
-    webhook = body.get("webhook") or body.get("webhook_completed")
-    events = body.get("webhook_events_filter") or (["completed"] if body.get("webhook_completed") else None)
-    if webhook is not None:
-        if not isinstance(webhook, str):
-            raise ApiError.invalid([InvalidField("webhook", "webhook must be an http(s) URL", "format")])
-        try:
-            await asyncio.to_thread(resolve, webhook, state.fetch_policy)
-        except FetchError as err:
-            raise ApiError.invalid([InvalidField("webhook", str(err), "format")]) from None
-    if events is not None and (not isinstance(events, list)
-                               or not set(events) <= {"start", "output", "logs", "completed"}):
-        raise ApiError.invalid([InvalidField(
-            "webhook_events_filter", 'must be a list of "start", "output", "logs", "completed"', "enum")])
-    cancel_after = request.headers.get("cancel-after")
     prediction = Prediction(
-        id=new_id(), model=f"{OWNER}/{model}", version=version, input=values, webhook=webhook,
+        id=new_id(), model=f"{OWNER}/{model}", version=version, input=echo(values), webhook=webhook,
         deployment=deployment, base_url=base_url(request),
         **({"webhook_events_filter": events} if events else {}),
     )
-    output = OutputOptions(inputs["output_format"], inputs.get("output_quality", 80))
     service = state.predictions
-    service.create(prediction, generation, output, parse_duration(cancel_after) if cancel_after else None)
+    service.create(prediction, generation, OutputOptions(inputs["output_format"], inputs.get("output_quality", 80)),
+                   deadline)
 
     wait = parse_wait(request.headers.get("prefer"))
     if wait is not None:
@@ -292,7 +306,7 @@ async def _create(request: Request, model: str, version: str, body: dict[str, An
     return JSONResponse(body_out, 201, {"Location": body_out["urls"]["get"]})
 
 
-def file_object(upload, base: str) -> dict[str, Any]:
+def file_object(upload: Upload, base: str) -> dict[str, Any]:
     return {
         "id": upload.id, "name": upload.name, "content_type": upload.content_type, "size": upload.size,
         "etag": upload.etag, "checksums": {"sha256": upload.etag}, "metadata": upload.metadata,

@@ -101,6 +101,9 @@ def test_file_inputs_upload_or_inline(client: replicate.Client, image_host: str)
     inline = client.run(DEV, input={"prompt": "p", "input_image": io.BytesIO(data)},
                         file_encoding_strategy="base64")  # data:application/octet-stream: we sniff the type
     assert fetch_image(uploaded).size == fetch_image(inline).size == (304, 208)
+    listed = client.predictions.list().results[0]  # the inline one: its data URI is shortened in the echo
+    assert listed.input["input_image"].startswith("data:application/octet-stream;base64,")
+    assert listed.input["input_image"].endswith("characters)") and len(listed.input["input_image"]) < 100
 
 
 def test_every_prediction_parses_in_the_client(server: RunningServer, image_host: str) -> None:
@@ -310,6 +313,13 @@ def test_webhook_retry_keeps_the_id_and_signs_again(client: replicate.Client, se
 def test_webhooks_to_internal_addresses_are_refused(server: RunningServer, image_host: str, hook: str) -> None:
     response = create(server, {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png"}, "webhook": hook})
     assert response.status_code == 422 and response.json()["invalid_fields"][0]["field"] == "webhook"
+
+
+@pytest.mark.parametrize("events", [[{"a": 1}], "completed", ["done"]])
+def test_bad_webhook_event_filters_are_422(server: RunningServer, image_host: str, events) -> None:
+    response = create(server, {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png"},
+                               "webhook": "http://127.0.0.1:9/hook", "webhook_events_filter": events})
+    assert response.status_code == 422 and response.json()["invalid_fields"][0]["field"] == "webhook_events_filter"
 
 
 def test_health_reports_the_scheduler(server: RunningServer) -> None:
