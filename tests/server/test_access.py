@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import httpx
+import replicate
 
 from server.auth import RateLimiter, authorized_key, presented_key
 from tests.server.conftest import API_KEY, RunningServer, start_server
@@ -32,7 +33,8 @@ def test_rate_limiter_allows_bursts_then_says_when_to_retry() -> None:
 def test_rate_limits_and_cors_on_a_real_server(tmp_path: Path, image_host: str) -> None:
     hashed = "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()
     server = start_server(tmp_path / "data", api_keys=hashed, rate_limit_creates_per_minute="2",
-                          cors_origins="https://app.example", max_body_bytes="100000")
+                          rate_limit_requests_per_minute="60", cors_origins="https://app.example",
+                          max_body_bytes="100000")
     try:
         body = {"input": {"prompt": "p", "input_image": f"{image_host}/ref.png", "num_inference_steps": 4}}
         url = f"{server.url}/v1/models/{DEV}/predictions"
@@ -48,6 +50,15 @@ def test_rate_limits_and_cors_on_a_real_server(tmp_path: Path, image_host: str) 
         throttled = httpx.post(url, json=body, headers=server.headers, timeout=30)
         assert int(throttled.headers["retry-after"]) >= 1 and throttled.json()["title"] == "Too many requests"
         assert httpx.get(f"{server.url}/v1/predictions", headers=server.headers).status_code == 200  # reads go on
+
+        # Polls have their own budget; the replicate client retries a throttled GET after Retry-After (§6 #14).
+        prediction_id = httpx.get(f"{server.url}/v1/predictions", headers=server.headers).json()[
+            "results"][0]["id"]
+        polls = [httpx.get(f"{server.url}/v1/predictions/{prediction_id}", headers=server.headers).status_code
+                 for _ in range(61)]
+        assert polls[-1] == 429
+        client = replicate.Client(api_token=API_KEY, base_url=server.url)
+        assert client.predictions.get(prediction_id).id == prediction_id
         preflight = httpx.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
                                                 "Access-Control-Request-Headers": "authorization,content-type"})
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
