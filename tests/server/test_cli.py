@@ -1,10 +1,7 @@
 """The `kontext` console script, run as a user runs it."""
 
-import http.server
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,6 @@ import torch
 from PIL import Image
 
 from server.cli import main
-from tests.helpers import random_image
 
 
 def test_demo_model_runs_from_the_console_script(tmp_path: Path) -> None:
@@ -30,31 +26,13 @@ def test_demo_model_runs_from_the_console_script(tmp_path: Path) -> None:
     assert "images are noise" in result.stderr  # logged as a warning too
 
 
-@pytest.fixture
-def image_server(tmp_path: Path) -> Iterator[str]:
-    random_image(96, 64).save(tmp_path / "ref.png")
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(tmp_path), **kwargs)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def run(demo_folder: Path, out: Path, *args: str) -> int:
     return main(["generate", "--model", str(demo_folder), "--steps", "2", "--out", str(out), *args])
 
 
-def test_reference_image_from_a_url(tmp_path: Path, demo_folder: Path, image_server: str) -> None:
+def test_reference_image_from_a_url(tmp_path: Path, demo_folder: Path, image_host: str) -> None:
     out = tmp_path / "edit.png"
-    assert run(demo_folder, out, "--prompt", "edit", "--image", f"{image_server}/ref.png", "--no-auto-resize") == 0
+    assert run(demo_folder, out, "--prompt", "edit", "--image", f"{image_host}/ref.png", "--no-auto-resize") == 0
     assert Image.open(out).size == (96, 64)  # no size given: the output takes the reference's size
 
 
@@ -79,9 +57,9 @@ def test_aspect_ratio_sets_the_output_size(tmp_path: Path, demo_folder: Path) ->
     ],
 )
 def test_bad_input_exits_2_with_a_message(
-    tmp_path: Path, demo_folder: Path, image_server: str, capsys, args: list[str], message: str
+    tmp_path: Path, demo_folder: Path, image_host: str, capsys, args: list[str], message: str
 ) -> None:
-    argv = [a.replace("{server}", image_server) for a in args]
+    argv = [a.replace("{server}", image_host) for a in args]
     assert run(demo_folder, tmp_path / "o.png", "--prompt", "p", *argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
