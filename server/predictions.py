@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from PIL import Image
 
@@ -17,7 +16,7 @@ from model.pipeline import GenerationRequest
 from server.errors import ApiError, InvalidField
 from server.files import FileStore
 from server.scheduler import Job, QueueFull, Scheduler
-from server.store import Prediction, PredictionStore, now
+from server.store import Prediction, PredictionStore, iso, now, seconds_between
 from server.webhooks import WebhookSender
 
 log = logging.getLogger("kontext.predictions")
@@ -83,7 +82,7 @@ class PredictionService:
             except QueueFull as err:
                 raise ApiError(429, str(err), retry_after=err.retry_after) from None
             if cancel_after is not None:
-                prediction.deadline = _iso(time.time() + cancel_after)
+                prediction.deadline = iso(time.time() + cancel_after)
                 timer = threading.Timer(cancel_after, self._deadline_reached, args=(prediction.id,))
                 timer.daemon = True
                 self._deadline_timers[prediction.id] = timer
@@ -184,7 +183,7 @@ class PredictionService:
                 return
             prediction.status, prediction.output, prediction.error = status, output, error
             prediction.completed_at = now()
-            total = _seconds_between(prediction.created_at, prediction.completed_at)
+            total = seconds_between(prediction.created_at, prediction.completed_at)
             prediction.metrics = {"total_time": round(total, 3)}
             if predict_time is not None:
                 prediction.metrics["predict_time"] = round(predict_time, 3)
@@ -204,14 +203,4 @@ class PredictionService:
     def _event(self, prediction: Prediction | None, event: str) -> None:
         if prediction is not None and prediction.webhook and event in prediction.webhook_events_filter:
             self.webhooks.send(prediction.webhook, self.render(prediction))
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _seconds_between(start: str, end: str) -> float:
-    parse = lambda s: datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
-    return (parse(end) - parse(start)).total_seconds()
-
 

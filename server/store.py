@@ -7,6 +7,7 @@ recover them beside it.
 import json
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -17,9 +18,19 @@ TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 RESTART_ERROR = "the server restarted before this prediction finished; please run it again"
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # RFC 3339 UTC with microseconds, as Replicate writes timestamps
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime(TIME_FORMAT)
+
+
 def now() -> str:
-    """RFC 3339 UTC with microseconds, as Replicate writes timestamps."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(time.time())
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.strptime(end, TIME_FORMAT) - datetime.strptime(start, TIME_FORMAT)).total_seconds()
 
 
 @dataclass
