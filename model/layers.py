@@ -83,6 +83,13 @@ def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return q, k, v
 
 
+def linear_features(layer: nn.Module, x: Tensor, features: slice) -> Tensor:
+    """`layer(x)[..., features]`, computing only those output features when the layer is a plain nn.Linear."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight[features], None if layer.bias is None else layer.bias[features])
+    return layer(x)[..., features]
+
+
 def rope_attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
     return attention(apply_rope(q, pe), apply_rope(k, pe), v)
 
@@ -179,15 +186,24 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden_size, double=False)
 
-    def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, rows: slice = slice(None)) -> Tensor:
+        """The block's output for `rows` of x; every row is still attended to.
+
+        The last block passes the target rows only: the other rows' queries, MLP and output projection are
+        never computed, since the final layer discards them (the same values, less work).
+        """
         (mod,) = self.modulation(vec)
-        qkv, mlp = self.linear1(mod.modulate(self.pre_norm(x))).split(
-            [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1
-        )
+        h = mod.modulate(self.pre_norm(x))
+        if rows == slice(None):
+            qkv, mlp = self.linear1(h).split([3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
+        else:
+            qkv = linear_features(self.linear1, h, slice(0, 3 * self.hidden_size))
+            mlp = linear_features(self.linear1, h[:, rows], slice(3 * self.hidden_size, None))
         q, k, v = split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
-        out = self.linear2(torch.cat((rope_attention(q, k, v, pe), self.mlp_act(mlp)), dim=2))
-        return x + mod.gate * out
+        attn = attention(apply_rope(q[:, :, rows], pe[:, :, rows]), apply_rope(k, pe), v)
+        out = self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
+        return x[:, rows] + mod.gate * out
 
 
 class LastLayer(nn.Module):

@@ -5,7 +5,7 @@
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from model.config import TransformerConfig, preset
 from model.encoders import Autoencoder, TextEncoder, to_images, to_pixels
 from model.resolution import output_size, reference_size
 from model.sampling import TimeShift, euler_step, image_ids, initial_noise, pack, schedule, unpack
+from model.step_skipping import VelocityHistory, computed_steps
 from model.transformer import FluxTransformer
 from model.weights import CheckpointError, load_transformer
 
@@ -37,6 +38,7 @@ class GenerationRequest:
     guidance: float = 2.5
     seed: int | None = None  # None draws a random seed
     megapixels: float = 1.0  # scales the ~1 MP sizes chosen from tables (never explicit width/height)
+    go_fast: bool = False  # skip about half the transformer passes (model/step_skipping.py); lossy
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
@@ -49,18 +51,23 @@ def random_seed() -> int:
 
 @dataclass
 class DenoiseState:
-    """One request in flight: its conditioning, its current latents and how far along its schedule it is."""
+    """One request in flight: its conditioning, its current latents and how far along its schedule it is.
+
+    Everything the step loop reads is already on the device, so a step never waits for a host copy.
+    """
 
     latents: Tensor  # [1, L_target, C·4] in the model dtype
     reference: Tensor | None  # [1, L_reference, C·4] packed reference latents
     img_ids: Tensor  # [1, L_target + L_reference, 3]
     txt: Tensor  # [1, L_txt, context_in_dim]
     vec: Tensor  # [1, vec_in_dim]
-    timesteps: Tensor  # [steps + 1] fp32, on the CPU
-    guidance: float
+    timesteps: Tensor  # [steps + 1] fp32
+    guidance: Tensor  # [1] fp32
     width: int
     height: int
     seed: int
+    computed: tuple[bool, ...]  # per step: run the transformer, or extrapolate (go_fast)
+    history: VelocityHistory = field(default_factory=VelocityHistory)
     step: int = 0
 
     @property
@@ -70,6 +77,10 @@ class DenoiseState:
     @property
     def done(self) -> bool:
         return self.step >= self.num_steps
+
+    @property
+    def needs_forward(self) -> bool:
+        return not self.done and self.computed[self.step]
 
     @property
     def shape_key(self) -> tuple[int, ...]:
@@ -156,11 +167,12 @@ class KontextPipeline:
                     img_ids=torch.cat(ids)[None],
                     txt=txt[i : i + 1].to(self.dtype),
                     vec=vec[i : i + 1].to(self.dtype),
-                    timesteps=schedule(request.num_inference_steps, grid_h * grid_w, self.time_shift),
-                    guidance=request.guidance,
+                    timesteps=schedule(request.num_inference_steps, grid_h * grid_w, self.time_shift).to(self.device),
+                    guidance=torch.tensor([request.guidance], device=self.device),
                     width=width,
                     height=height,
                     seed=seed,
+                    computed=computed_steps(request.num_inference_steps, request.go_fast),
                 )
             )
         return states
@@ -179,32 +191,46 @@ class KontextPipeline:
 
     @torch.no_grad()
     def denoise_step(self, states: list[DenoiseState]) -> None:
-        """Advance every state by one Euler step in a single forward pass; states may be at different steps."""
+        """Advance every state by one Euler step; states may be at different steps.
+
+        The states whose step is computed share one forward pass; the others (go_fast) extrapolate.
+        """
         if len({s.shape_key for s in states}) != 1:
             raise ValueError("states in one denoising batch must have the same shapes")
         if any(s.done for s in states):
             raise ValueError("a finished state cannot take another step")
+        computed = [s for s in states if s.needs_forward]
+        if computed:
+            for state, velocity in zip(computed, self.velocity(computed).split(1)):
+                state.history.record(state.timesteps[state.step], velocity)
+        velocity = torch.cat([
+            s.history.points[-1][1] if s.needs_forward else s.history.extrapolate(s.timesteps[s.step])
+            for s in states
+        ])
+        t_curr = torch.stack([s.timesteps[s.step] for s in states])
+        t_next = torch.stack([s.timesteps[s.step + 1] for s in states])
+        latents = euler_step(torch.cat([s.latents for s in states]), velocity, t_curr, t_next)
+        for i, state in enumerate(states):
+            state.latents = latents[i : i + 1]
+            state.step += 1
+
+    def velocity(self, states: list[DenoiseState]) -> Tensor:
+        """The transformer's velocity prediction [B, L_target, C·4] for the states' current steps, in one pass."""
         latents = torch.cat([s.latents for s in states])
         tokens = latents if states[0].reference is None else torch.cat(
             [latents, torch.cat([s.reference for s in states])], dim=1
         )
         txt = torch.cat([s.txt for s in states])
-        t_curr = torch.stack([s.timesteps[s.step] for s in states]).to(self.device)
-        t_next = torch.stack([s.timesteps[s.step + 1] for s in states]).to(self.device)
-        velocity = self.transformer(
+        return self.transformer(
             img=tokens,
             img_ids=torch.cat([s.img_ids for s in states]),
             txt=txt,
             txt_ids=torch.zeros(*txt.shape[:2], 3, device=self.device),
-            timesteps=t_curr,
+            timesteps=torch.stack([s.timesteps[s.step] for s in states]),
             y=torch.cat([s.vec for s in states]),
-            guidance=torch.tensor([s.guidance for s in states], device=self.device),
+            guidance=torch.cat([s.guidance for s in states]),
             num_target_tokens=latents.shape[1],
         )
-        latents = euler_step(latents, velocity, t_curr, t_next)
-        for i, state in enumerate(states):
-            state.latents = latents[i : i + 1]
-            state.step += 1
 
     def decode(self, states: list[DenoiseState]) -> list[Image.Image]:
         """Decode finished states of one size in one VAE batch."""

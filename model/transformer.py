@@ -24,6 +24,8 @@ class FluxTransformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        if c.depth_single_blocks < 1:
+            raise ValueError("a FLUX transformer needs at least one single-stream block")
         self.img_in = nn.Linear(c.in_channels, c.hidden_size)
         self.time_in = MLPEmbedder(256, c.hidden_size)
         self.vector_in = MLPEmbedder(c.vec_in_dim, c.hidden_size)
@@ -64,8 +66,9 @@ class FluxTransformer(nn.Module):
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, pe)
         x = torch.cat((txt, img), dim=1)
-        for block in self.single_blocks:
+        for block in self.single_blocks[:-1]:
             x = block(x, vec, pe)
-        # Text and reference rows need no final layer: their predictions are discarded.
+        # Only the target rows are predicted: text and reference rows skip the last block's queries, MLP and
+        # output projection, and the final layer.
         end = x.shape[1] if num_target_tokens is None else txt.shape[1] + num_target_tokens
-        return self.final_layer(x[:, txt.shape[1] : end], vec)
+        return self.final_layer(self.single_blocks[-1](x, vec, pe, rows=slice(txt.shape[1], end)), vec)

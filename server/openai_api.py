@@ -108,7 +108,8 @@ async def start(request: Request, name: str, prompt: Any, image_source: str | by
         except ImageInputError as err:
             raise bad("image", str(err)) from None
     try:
-        generation = GenerationRequest(prompt=prompt, image=image, megapixels=state.settings.megapixels, **sizes)
+        generation = GenerationRequest(prompt=prompt, image=image, megapixels=state.settings.megapixels,
+                                       go_fast=state.settings.go_fast, **sizes)
     except ValueError as err:
         raise bad("size", str(err)) from None
     prediction = Prediction(id=new_id(), model=f"{OWNER}/{name}", version="hidden", input=echo, source="openai",

@@ -45,7 +45,6 @@ MAX_WAIT = 60
 DEV_ASPECT_RATIOS = ("match_input_image", *ASPECT_RATIOS)
 PRO_ASPECT_RATIOS = (*DEV_ASPECT_RATIOS, "2:1", "1:2")  # pro/max also list these; they take the closest size
 IGNORED_INPUTS = {
-    "go_fast": "accepted; every step is computed (step skipping is not implemented yet)",
     "disable_safety_checker": "accepted; this server runs no safety checker",
     "safety_tolerance": "accepted; this server runs no safety checker",
     "prompt_upsampling": "accepted; prompts are used as given",
@@ -287,6 +286,7 @@ async def _create(request: Request, model: str, version: str, body: dict[str, An
         num_inference_steps=inputs.get("num_inference_steps", 28), guidance=inputs.get("guidance", 2.5),
         seed=inputs["seed"] or None,  # as on Replicate: no seed, or 0, draws a random one
         megapixels=state.settings.megapixels,
+        go_fast=inputs.get("go_fast", False),  # kontext-dev's field, default true as on Replicate; pro/max: full
     )
     prediction = Prediction(
         id=new_id(), model=f"{OWNER}/{model}", version=version, input=echo(values), webhook=webhook,

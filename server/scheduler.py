@@ -177,9 +177,11 @@ class Scheduler:
         oldest_shape = self._active[0][1].shape_key
         batch = [(j, s) for j, s in self._active if s.shape_key == oldest_shape][: self.max_batch_size]
         start = time.monotonic()
+        forward = any(state.needs_forward for _, state in batch)  # go_fast steps that all extrapolate need none
         stepped = [(job, state) for job, state, _ in self._isolated(self.pipeline.denoise_step, batch)]
-        self.forward_passes += 1
-        self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - start)
+        if forward:
+            self.forward_passes += 1
+            self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - start)
         failed = {job.id for job, _ in batch} - {job.id for job, _ in stepped}
         self._active = [(j, s) for j, s in self._active if j.id not in failed and not s.done]
         for job, state in stepped:

@@ -42,6 +42,7 @@ class Settings:
     max_queue: int = 64  # queued requests beyond which create answers 429
     max_queue_delay_ms: float = 10.0  # how long an idle worker waits for a burst to gather
     shutdown_grace_s: float = 30.0  # on SIGTERM, how long running predictions may take to finish
+    go_fast: bool = True  # step skipping for the OpenAI endpoints, which have no such field (Replicate's default)
     megapixels: float = 1.0  # scales the ~1 MP sizes the server picks from its tables (Replicate's `megapixels`)
 
 

@@ -8,6 +8,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from model.config import TransformerConfig, preset
+from model.layers import SingleStreamBlock, rope_frequencies
 from model.sampling import image_ids
 from model.transformer import FluxTransformer
 from model.weights import load_transformer
@@ -126,3 +127,15 @@ def test_config_validates_head_sizes() -> None:
 def test_diffusers_config_round_trip() -> None:
     for name in ("tiny", "kontext-dev"):
         assert TransformerConfig.from_diffusers(preset(name).to_diffusers()) == preset(name)
+
+
+def test_single_block_computes_only_the_rows_asked_for_with_the_same_values() -> None:
+    torch.manual_seed(3)
+    block = SingleStreamBlock(CONFIG.hidden_size, CONFIG.num_heads, CONFIG.mlp_hidden_dim).eval()
+    x, vec = torch.randn(2, 29, CONFIG.hidden_size), torch.randn(2, CONFIG.hidden_size)
+    pe = rope_frequencies(torch.randn(2, 29, 3) * 10, CONFIG.axes_dim, CONFIG.theta)
+    with torch.no_grad():
+        full = block(x, vec, pe)
+        target = block(x, vec, pe, rows=slice(TXT, TXT + 12))
+    assert target.shape == (2, 12, CONFIG.hidden_size)
+    torch.testing.assert_close(target, full[:, TXT : TXT + 12], rtol=1e-5, atol=1e-6)

@@ -350,3 +350,18 @@ def test_concurrent_requests_are_batched_and_give_the_images_they_give_alone(
         alone = create(server, body(seed), headers={"Prefer": "wait"}).json()
         assert max_pixel_difference(fetch_image(batched["output"]).convert("RGB"),
                                     fetch_image(alone["output"]).convert("RGB")) <= 2
+
+
+def test_go_fast_defaults_to_true_skips_passes_and_can_be_turned_off(server: RunningServer, image_host: str) -> None:
+    def run(**extra) -> tuple[dict, int]:
+        before = server.health()["forward_passes"]
+        body = {"input": {"prompt": "fast", "input_image": f"{image_host}/ref.png", "num_inference_steps": 10,
+                          "seed": 9, **extra}}
+        done = wait_done(server, create(server, body).json()["id"])
+        assert done["status"] == "succeeded"
+        return done, server.health()["forward_passes"] - before
+
+    (fast, fast_passes), (full, full_passes) = run(), run(go_fast=False)
+    assert (fast_passes, full_passes) == (8, 10)  # go_fast computes steps 0, 1, 2, 3, 6, 7, 8 and 9
+    assert fast["input"].get("go_fast") is None  # the echo keeps what the client sent
+    assert max_pixel_difference(fetch_image(fast["output"]), fetch_image(full["output"])) > 0
