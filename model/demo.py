@@ -7,6 +7,7 @@ Its images are noise: it exists to try the server and to test against diffusers 
 
 import string
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,40 +36,76 @@ def t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
-def demo_pipeline(seed: int = 0) -> FluxKontextPipeline:
-    """The tiny random components, assembled as a diffusers pipeline."""
+@dataclass(frozen=True)
+class ComponentSizes:
+    """The sizes of a random FLUX.1 Kontext checkpoint's components (architecture as in the real one)."""
+
+    transformer: str  # a model.config preset
+    clip: dict[str, int]  # CLIPTextConfig sizes
+    t5: dict[str, int]  # T5Config sizes
+    vae_channels: tuple[int, ...]
+    vae_layers_per_block: int
+    vae_groups: int
+
+
+TINY = ComponentSizes(
+    transformer="tiny",
+    clip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+    t5=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+    vae_channels=(8, 16, 16, 16), vae_layers_per_block=1, vae_groups=8,
+)
+# The real sizes (CLIP ViT-L/14 text tower, T5 v1.1-XXL encoder, FLUX's 16-channel VAE): for the benchmarks,
+# which compare with diffusers at full cost without downloading weights.
+FULL = ComponentSizes(
+    transformer="kontext-dev",
+    clip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    t5=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32),
+    vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, vae_groups=32,
+)
+
+
+def random_pipeline(
+    sizes: ComponentSizes = TINY, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> FluxKontextPipeline:
+    """Random components of the given sizes, built in place on `device` in `dtype`, as a diffusers pipeline."""
     torch.manual_seed(seed)
-    config = preset("tiny")
+    config = preset(sizes.transformer)
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tok), hidden_size=config.vec_in_dim, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, projection_dim=config.vec_in_dim,
-            bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
-        )
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tok), d_model=config.context_in_dim, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-            pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id, decoder_start_token_id=0,
-        )
-    )
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=config.latent_channels,
-        norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    transformer = FluxTransformer2DModel(**config.to_diffusers())
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            clip = CLIPTextModel(
+                CLIPTextConfig(
+                    vocab_size=len(clip_tok), max_position_embeddings=77, projection_dim=config.vec_in_dim,
+                    bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+                    pad_token_id=clip_tok.pad_token_id, **sizes.clip,
+                )
+            )
+            t5 = T5EncoderModel(
+                T5Config(
+                    vocab_size=len(t5_tok), feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                    pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id, decoder_start_token_id=0,
+                    **sizes.t5,
+                )
+            )
+            vae = AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=sizes.vae_channels, layers_per_block=sizes.vae_layers_per_block,
+                latent_channels=config.latent_channels, norm_num_groups=sizes.vae_groups, scaling_factor=0.3611,
+                shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+            )
+            transformer = FluxTransformer2DModel(**config.to_diffusers())
+    finally:
+        torch.set_default_dtype(default_dtype)
     with torch.no_grad():  # norm scales start at 1; randomize them so that no weight is left untested
         for name, param in transformer.named_parameters():
             if "norm" in name and param.dim() == 1:
                 param.uniform_(0.5, 1.5)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
     return FluxKontextPipeline(
         scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
         tokenizer_2=t5_tok, transformer=transformer,
@@ -77,7 +114,7 @@ def demo_pipeline(seed: int = 0) -> FluxKontextPipeline:
 
 def save_demo_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Write the demo model as a diffusers checkpoint folder (safetensors) and return the folder."""
-    demo_pipeline(seed).save_pretrained(folder, safe_serialization=True)
+    random_pipeline(TINY, seed).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 

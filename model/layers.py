@@ -186,15 +186,17 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden_size, double=False)
 
-    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, rows: slice = slice(None)) -> Tensor:
-        """The block's output for `rows` of x; every row is still attended to.
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """The block's output for rows start:end of x; every row is still attended to.
 
-        The last block passes the target rows only: the other rows' queries, MLP and output projection are
-        never computed, since the final layer discards them (the same values, less work).
+        The last block asks for the target rows only: the other rows' queries, MLP and output projection are
+        never computed, since the final layer discards them (the same values, less work). Plain ints rather
+        than a slice, so that torch.compile treats them as sizes instead of constants to guard on.
         """
         (mod,) = self.modulation(vec)
         h = mod.modulate(self.pre_norm(x))
-        if rows == slice(None):
+        rows = slice(start, end)
+        if start == 0 and end is None:
             qkv, mlp = self.linear1(h).split([3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         else:
             qkv = linear_features(self.linear1, h, slice(0, 3 * self.hidden_size))

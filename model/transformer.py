@@ -71,4 +71,4 @@ class FluxTransformer(nn.Module):
         # Only the target rows are predicted: text and reference rows skip the last block's queries, MLP and
         # output projection, and the final layer.
         end = x.shape[1] if num_target_tokens is None else txt.shape[1] + num_target_tokens
-        return self.final_layer(self.single_blocks[-1](x, vec, pe, rows=slice(txt.shape[1], end)), vec)
+        return self.final_layer(self.single_blocks[-1](x, vec, pe, start=txt.shape[1], end=end), vec)

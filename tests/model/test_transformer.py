@@ -136,6 +136,6 @@ def test_single_block_computes_only_the_rows_asked_for_with_the_same_values() ->
     pe = rope_frequencies(torch.randn(2, 29, 3) * 10, CONFIG.axes_dim, CONFIG.theta)
     with torch.no_grad():
         full = block(x, vec, pe)
-        target = block(x, vec, pe, rows=slice(TXT, TXT + 12))
+        target = block(x, vec, pe, start=TXT, end=TXT + 12)
     assert target.shape == (2, 12, CONFIG.hidden_size)
     torch.testing.assert_close(target, full[:, TXT : TXT + 12], rtol=1e-5, atol=1e-6)
