@@ -7,9 +7,12 @@ of preferred resolutions uses the same graphs; only batch 1 vs larger batches di
 specialized). With `cuda_graphs`, the compiled blocks replay CUDA graphs recorded once per shape.
 """
 
-import torch
+import time
 
-from model.pipeline import KontextPipeline
+import torch
+from PIL import Image
+
+from model.pipeline import GenerationRequest, KontextPipeline
 
 
 def compile_pipeline(pipeline: KontextPipeline, cuda_graphs: bool = False) -> None:
@@ -24,3 +27,15 @@ def compile_pipeline(pipeline: KontextPipeline, cuda_graphs: bool = False) -> No
     pipeline.autoencoder.vae.decoder.compile(dynamic=True, mode=mode)
     if cuda_graphs:  # each forward is a new step: the previous step's graph outputs may be overwritten
         transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
+
+
+def warm_up(pipeline: KontextPipeline, megapixels: float = 1.0) -> float:
+    """Compile before serving: one short edit at the default size builds the graphs every size reuses.
+
+    Batches of two or more compile their own graphs on first use. Returns the seconds it took.
+    """
+    start = time.perf_counter()
+    reference = Image.new("RGB", (1024, 1024), (127, 127, 127))
+    pipeline.generate(GenerationRequest("warm-up", image=reference, num_inference_steps=2, seed=0,
+                                        megapixels=megapixels))
+    return time.perf_counter() - start

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from kernels import set_attention_backend
 from model.config import TransformerConfig, preset
 from model.encoders import Autoencoder, TextEncoder, to_images, to_pixels
 from model.resolution import output_size, reference_size
@@ -22,6 +23,18 @@ from model.weights import CheckpointError, load_transformer
 
 LATENT_PATCH = 16  # pixels per latent token side: 8× VAE downsampling × 2×2 packing
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+QUANTIZATIONS = ("fp8",)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How the pipeline runs. All are exact up to stated tolerances except `quantize`, which is opt-in."""
+
+    quantize: str | None = None  # "fp8": rowwise-scaled float8 GEMMs in the blocks (Hopper)
+    compile: bool = False  # torch.compile of the blocks and the VAE decoder (model/compiled.py)
+    cuda_graphs: bool = False  # with compile: replay CUDA graphs per shape
+    attention: str = "sdpa"  # kernels/attention.py: sdpa | math | cudnn | flash3
+    text_encoder_device: str | None = None  # "cpu": T5 and CLIP stay off the GPU (24 GB cards); default: device
 
 
 @dataclass
@@ -120,8 +133,16 @@ class KontextPipeline:
         transformer_file: Path | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        quantize: str | None = None,
+        text_encoder_device: torch.device | str | None = None,
     ) -> "KontextPipeline":
-        """Load a diffusers FLUX.1 Kontext folder; `transformer_file` (BFL single file) replaces its transformer/."""
+        """Load a diffusers FLUX.1 Kontext folder; `transformer_file` (BFL single file) replaces its transformer/.
+
+        With `quantize`, the transformer is loaded and quantized on the CPU, then moved, so the device never
+        holds the full-precision weights (fp8 and text encoders on the CPU fit the 12B model in 24 GB).
+        """
+        if quantize not in (None, *QUANTIZATIONS):
+            raise ValueError(f"unknown quantization {quantize!r}; known: {list(QUANTIZATIONS)}")
         folder = Path(folder)
         if not (folder / "model_index.json").is_file():
             raise CheckpointError(f"{folder}: not a diffusers checkpoint folder (no model_index.json)")
@@ -132,9 +153,15 @@ class KontextPipeline:
             else preset("kontext-dev")
         )
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        transformer = load_transformer(transformer_file or folder / "transformer", config,
+                                       "cpu" if quantize else device, dtype)
+        if quantize == "fp8":
+            from model.quantize import quantize_fp8
+
+            quantize_fp8(transformer)
         return cls(
-            load_transformer(transformer_file or folder / "transformer", config, device, dtype),
-            TextEncoder.from_folder(folder, device, dtype),
+            transformer.to(device),
+            TextEncoder.from_folder(folder, text_encoder_device or device, dtype),
             Autoencoder.from_folder(folder, device, dtype),
             TimeShift.from_diffusers(scheduler_config),
         )
@@ -165,8 +192,8 @@ class KontextPipeline:
                     latents=pack(noise).to(self.device),
                     reference=references.get(i),
                     img_ids=torch.cat(ids)[None],
-                    txt=txt[i : i + 1].to(self.dtype),
-                    vec=vec[i : i + 1].to(self.dtype),
+                    txt=txt[i : i + 1].to(self.device, self.dtype),
+                    vec=vec[i : i + 1].to(self.device, self.dtype),
                     timesteps=schedule(request.num_inference_steps, grid_h * grid_w, self.time_shift).to(self.device),
                     guidance=torch.tensor([request.guidance], device=self.device),
                     width=width,
@@ -263,11 +290,24 @@ def load(
     transformer_file: str | Path | None = None,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    speed: SpeedOptions = SpeedOptions(),
 ) -> KontextPipeline:
-    """A ready pipeline from a diffusers folder (optionally with a BFL transformer file), or `"demo"`."""
+    """A ready pipeline from a diffusers folder (optionally with a BFL transformer file), or `"demo"`.
+
+    The attention backend is a process-wide switch: it is set here, for every pipeline in the process.
+    """
     from model.demo import demo_checkpoint  # builds with diffusers' classes: imported only when asked for
 
+    if speed.cuda_graphs and not speed.compile:
+        raise ValueError("CUDA graphs come with compile: turn compile on too")
+    set_attention_backend(speed.attention)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     folder = demo_checkpoint() if str(model) == "demo" else Path(model)
-    return KontextPipeline.from_folder(folder, Path(transformer_file) if transformer_file else None, device, dtype)
+    pipeline = KontextPipeline.from_folder(folder, Path(transformer_file) if transformer_file else None, device,
+                                           dtype, speed.quantize, speed.text_encoder_device)
+    if speed.compile:
+        from model.compiled import compile_pipeline
+
+        compile_pipeline(pipeline, speed.cuda_graphs)
+    return pipeline

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from model.compiled import warm_up
 from model.pipeline import DTYPES, load
 from server import openai_api, replicate_api
 from server.auth import RateLimiter, authorized_key
@@ -31,7 +32,7 @@ from server.limits import BodySizeLimit
 from server.predictions import Limits, PredictionService
 from server.scheduler import Scheduler
 from server.schemas import PROBLEM, Health, document
-from server.settings import Settings
+from server.settings import Settings, speed_options
 from server.store import SQLiteStore
 from server.webhooks import WebhookSender, load_or_create_secret
 
@@ -77,7 +78,9 @@ def render_error(request: Request, error: ApiError) -> Response:
 def _load_model(app: FastAPI, settings: Settings, service: PredictionService) -> None:
     try:
         dtype = DTYPES[settings.dtype] if settings.dtype else None
-        pipeline = load(settings.model, settings.transformer, settings.device, dtype)
+        pipeline = load(settings.model, settings.transformer, settings.device, dtype, speed_options(settings))
+        if settings.compile:
+            log.info("compiled in %.1f s (warm-up)", warm_up(pipeline, settings.megapixels))
         scheduler = Scheduler(pipeline, service, settings.max_batch_size, settings.max_queue,
                               settings.max_queue_delay_ms / 1000)
         scheduler.start()

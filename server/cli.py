@@ -13,9 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from model.demo import DEMO_NOTICE
-from model.pipeline import DTYPES, GenerationRequest, default_device, default_dtype, load
+from kernels import available_attention_backends
+from model.pipeline import DTYPES, QUANTIZATIONS, GenerationRequest, default_device, default_dtype, load
 from model.weights import CheckpointError
-from server.settings import Settings, load_settings
+from server.settings import Settings, load_settings, speed_options
 
 log = logging.getLogger("kontext")
 
@@ -33,13 +34,26 @@ def read_image(source: str) -> Image.Image:
     return image
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model to load and how it runs: the same flags for `generate` and `serve`."""
+    parser.add_argument("--config", type=Path, help="settings YAML (see configs/); also $KONTEXT_CONFIG")
+    parser.add_argument("--model", help='diffusers FLUX.1 Kontext folder, or "demo" (the default)')
+    parser.add_argument("--transformer", help="BFL single-file transformer (flux1-kontext-dev.safetensors)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="fp8: float8 GEMMs in the blocks (lossy, Hopper)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the VAE decoder")
+    parser.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay CUDA graphs per shape")
+    parser.add_argument("--attention", choices=available_attention_backends(), help="attention kernels (default sdpa)")
+    parser.add_argument("--text-encoder-device",
+                        help="cpu keeps T5 and CLIP off the GPU (with --quantize fp8 the 12B model fits 24 GB)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kontext", description="FLUX.1 Kontext [dev] inference")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate or edit one image")
-    gen.add_argument("--config", type=Path, help="settings YAML (see configs/); also $KONTEXT_CONFIG")
-    gen.add_argument("--model", help='diffusers FLUX.1 Kontext folder, or "demo" (the default)')
-    gen.add_argument("--transformer", help="BFL single-file transformer (flux1-kontext-dev.safetensors)")
+    _model_arguments(gen)
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--image", help="reference image to edit: a path or an http(s) URL")
     gen.add_argument("--width", type=int)
@@ -50,20 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
     gen.add_argument("--guidance", type=float, default=2.5, help="distilled guidance (default 2.5)")
     gen.add_argument("--seed", type=int, help="random when omitted; printed either way")
-    gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    gen.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    gen.add_argument("--go-fast", action="store_true",
+                     help="skip about half the transformer passes, extrapolating them (faster, slightly different)")
     gen.add_argument("--out", type=Path, required=True, help="output PNG")
 
     serve = commands.add_parser("serve", help="serve the Replicate- and OpenAI-compatible HTTP APIs")
-    serve.add_argument("--config", type=Path, help="settings YAML (see configs/); also $KONTEXT_CONFIG")
-    serve.add_argument("--model", help='diffusers FLUX.1 Kontext folder, or "demo" (the default)')
-    serve.add_argument("--transformer", help="BFL single-file transformer (flux1-kontext-dev.safetensors)")
+    _model_arguments(serve)
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", help="predictions database, outputs and uploads (default ./kontext-data)")
     serve.add_argument("--public-url", help="base of the URLs handed to clients, when behind a proxy")
-    serve.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    serve.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow binding a non-loopback address without API keys")
     return parser
@@ -108,12 +118,13 @@ def generate(args: argparse.Namespace) -> None:
     request = GenerationRequest(
         prompt=args.prompt, image=image, width=args.width, height=args.height, aspect_ratio=args.aspect_ratio,
         auto_resize=not args.no_auto_resize, num_inference_steps=args.steps, guidance=args.guidance, seed=args.seed,
+        go_fast=args.go_fast,
     )
 
     if settings.model == "demo":
         log.warning(DEMO_NOTICE)
     start = time.perf_counter()
-    pipeline = load(settings.model, settings.transformer, device, dtype)
+    pipeline = load(settings.model, settings.transformer, device, dtype, speed_options(settings))
     loaded = time.perf_counter()
     result = pipeline.generate(request)
     done = time.perf_counter()

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from model.pipeline import SpeedOptions
+
 ENV_PREFIX = "KONTEXT_"
 
 
@@ -22,6 +24,12 @@ class Settings:
     transformer: str | None = None  # a BFL single-file transformer that replaces the folder's transformer/
     device: str | None = None  # default: cuda when available, else cpu
     dtype: str | None = None  # float32 | bfloat16; default: bfloat16 on cuda, float32 on cpu
+    # speed (model/pipeline.py SpeedOptions)
+    quantize: str | None = None  # fp8: float8 GEMMs in the transformer blocks (lossy; Hopper)
+    compile: bool = False  # torch.compile the blocks and the VAE decoder (warms up before serving)
+    cuda_graphs: bool = False  # with compile: CUDA graphs per shape
+    attention: str = "sdpa"  # sdpa | math | cudnn | flash3
+    text_encoder_device: str | None = None  # cpu: keep T5 and CLIP off the GPU (with fp8: 12B on 24 GB)
     # serving
     host: str = "127.0.0.1"
     port: int = 8000
@@ -44,6 +52,11 @@ class Settings:
     shutdown_grace_s: float = 30.0  # on SIGTERM, how long running predictions may take to finish
     go_fast: bool = True  # step skipping for the OpenAI endpoints, which have no such field (Replicate's default)
     megapixels: float = 1.0  # scales the ~1 MP sizes the server picks from its tables (Replicate's `megapixels`)
+
+
+def speed_options(settings: Settings) -> SpeedOptions:
+    return SpeedOptions(quantize=settings.quantize, compile=settings.compile, cuda_graphs=settings.cuda_graphs,
+                        attention=settings.attention, text_encoder_device=settings.text_encoder_device)
 
 
 def _convert(name: str, value: Any, annotation: Any) -> Any:

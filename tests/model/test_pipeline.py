@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from model.pipeline import GenerationRequest, KontextPipeline
+from model.pipeline import GenerationRequest, KontextPipeline, SpeedOptions, load
 from model.weights import CheckpointError
 from server.cli import main
 from tests.helpers import max_pixel_difference, random_image
@@ -100,3 +100,17 @@ def test_batches_must_share_shapes(pipeline: KontextPipeline) -> None:
 def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="model_index.json"):
         KontextPipeline.from_folder(tmp_path)
+
+
+def test_speed_options_are_checked_before_anything_loads() -> None:
+    with pytest.raises(ValueError, match="CUDA graphs come with compile"):
+        load("demo", speed=SpeedOptions(cuda_graphs=True))
+    with pytest.raises(ValueError, match="unavailable attention backend 'flash9'"):
+        load("demo", speed=SpeedOptions(attention="flash9"))
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        load("demo", speed=SpeedOptions(quantize="int3"))
+
+
+def test_text_encoders_may_live_on_another_device(demo_folder: Path) -> None:
+    pipeline = KontextPipeline.from_folder(demo_folder, text_encoder_device="meta")
+    assert pipeline.text_encoder.t5.device.type == "meta" and pipeline.device.type == "cpu"
