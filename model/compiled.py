@@ -1,4 +1,4 @@
-"""torch.compile for the transformer blocks and the VAE decoder, without recompiles across image sizes.
+"""torch.compile for the transformer blocks and the VAE, without recompiles across image sizes.
 
 Regional compilation: each block is compiled on its own, and blocks of one kind share a graph (the 19 double
 blocks one, the 38 single blocks another, and the last single block, which keeps only the target rows, a third).
@@ -16,7 +16,7 @@ from model.pipeline import GenerationRequest, KontextPipeline
 
 
 def compile_pipeline(pipeline: KontextPipeline, cuda_graphs: bool = False) -> None:
-    """Compile `pipeline`'s transformer blocks and VAE decoder in place; the first call of each shape compiles."""
+    """Compile `pipeline`'s transformer blocks and VAE in place; the first call of each shape compiles."""
     mode = "reduce-overhead" if cuda_graphs else None
     # Without this, sizes that happen to be equal on the first call (a square image) share one symbol, and the
     # first unequal pair recompiles.
@@ -24,6 +24,7 @@ def compile_pipeline(pipeline: KontextPipeline, cuda_graphs: bool = False) -> No
     transformer = pipeline.transformer
     for block in [*transformer.double_blocks, *transformer.single_blocks]:
         block.compile(dynamic=True, mode=mode)
+    pipeline.autoencoder.vae.encoder.compile(dynamic=True, mode=mode)
     pipeline.autoencoder.vae.decoder.compile(dynamic=True, mode=mode)
     if cuda_graphs:  # each forward is a new step: the previous step's graph outputs may be overwritten
         transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())

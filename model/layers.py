@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import attention
+from kernels import attention, gated_residual, gated_residual_norm_modulate, norm_modulate, qk_norm_rope
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -36,13 +36,6 @@ def rope_frequencies(ids: Tensor, axes_dim: tuple[int, ...], theta: int) -> Tens
     return torch.cat(blocks, dim=-3).unsqueeze(1).float()
 
 
-def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate q or k [B, H, L, D] by `rope_frequencies` output, in fp32."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 1, 2)
-    rotated = freqs[..., 0] * pairs[..., 0] + freqs[..., 1] * pairs[..., 1]
-    return rotated.reshape(x.shape).type_as(x)
-
-
 class MLPEmbedder(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
@@ -54,16 +47,11 @@ class MLPEmbedder(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """RMS norm computed in fp32, cast back, then scaled (BFL's order of operations)."""
+    """The learned scale of a q or k RMS norm; the norm runs fused with RoPE (`kernels.qk_norm_rope`)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return normed.to(x.dtype) * self.scale
 
 
 class QKNorm(nn.Module):
@@ -72,26 +60,12 @@ class QKNorm(nn.Module):
         self.query_norm = RMSNorm(head_dim)
         self.key_norm = RMSNorm(head_dim)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return self.query_norm(q).to(v), self.key_norm(k).to(v)
-
-
-def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """[B, L, 3·H·D] laid out (q | k | v), heads inside each → three [B, H, L, D]."""
-    batch, length, _ = qkv.shape
-    q, k, v = qkv.view(batch, length, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
-    return q, k, v
-
 
 def linear_features(layer: nn.Module, x: Tensor, features: slice) -> Tensor:
     """`layer(x)[..., features]`, computing only those output features when the layer is a plain nn.Linear."""
     if type(layer) is nn.Linear:
         return F.linear(x, layer.weight[features], None if layer.bias is None else layer.bias[features])
     return layer(x)[..., features]
-
-
-def rope_attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
-    return attention(apply_rope(q, pe), apply_rope(k, pe), v)
 
 
 class SelfAttention(nn.Module):
@@ -110,9 +84,6 @@ class ModulationOut:
     scale: Tensor
     gate: Tensor
 
-    def modulate(self, x: Tensor) -> Tensor:
-        return (1 + self.scale) * x + self.shift
-
 
 class Modulation(nn.Module):
     """adaLN-Zero: shift, scale and gate (twice for double blocks) from the conditioning vector."""
@@ -127,10 +98,6 @@ class Modulation(nn.Module):
         return [ModulationOut(*chunks[i : i + 3]) for i in range(0, self.multiplier, 3)]
 
 
-def _layer_norm(dim: int) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-
-
 def _mlp(dim: int, hidden_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(approximate="tanh"), nn.Linear(hidden_dim, dim))
 
@@ -142,35 +109,34 @@ class DoubleStreamBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.img_mod = Modulation(hidden_size, double=True)
-        self.img_norm1 = _layer_norm(hidden_size)
         self.img_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
-        self.img_norm2 = _layer_norm(hidden_size)
         self.img_mlp = _mlp(hidden_size, mlp_hidden_dim)
         self.txt_mod = Modulation(hidden_size, double=True)
-        self.txt_norm1 = _layer_norm(hidden_size)
         self.txt_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
-        self.txt_norm2 = _layer_norm(hidden_size)
         self.txt_mlp = _mlp(hidden_size, mlp_hidden_dim)
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> tuple[Tensor, Tensor]:
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
-        img_q, img_k, img_v = self._qkv(self.img_attn, img_mod1.modulate(self.img_norm1(img)))
-        txt_q, txt_k, txt_v = self._qkv(self.txt_attn, txt_mod1.modulate(self.txt_norm1(txt)))
-        attn = rope_attention(
-            torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2), pe
-        )
-        txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
-        img = img + img_mod1.gate * self.img_attn.proj(img_attn)
-        img = img + img_mod2.gate * self.img_mlp(img_mod2.modulate(self.img_norm2(img)))
-        txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_mod2.gate * self.txt_mlp(txt_mod2.modulate(self.txt_norm2(txt)))
+        n_txt = txt.shape[1]
+        img_q, img_k, img_v = self._qkv(self.img_attn, norm_modulate(img, img_mod1.shift, img_mod1.scale),
+                                        pe[:, :, n_txt:])
+        txt_q, txt_k, txt_v = self._qkv(self.txt_attn, norm_modulate(txt, txt_mod1.shift, txt_mod1.scale),
+                                        pe[:, :, :n_txt])
+        attn = attention(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2),
+                         torch.cat((txt_v, img_v), dim=2))
+        img, img_mlp_in = gated_residual_norm_modulate(img, img_mod1.gate, self.img_attn.proj(attn[:, n_txt:]),
+                                                       img_mod2.shift, img_mod2.scale)
+        img = gated_residual(img, img_mod2.gate, self.img_mlp(img_mlp_in))
+        txt, txt_mlp_in = gated_residual_norm_modulate(txt, txt_mod1.gate, self.txt_attn.proj(attn[:, :n_txt]),
+                                                       txt_mod2.shift, txt_mod2.scale)
+        txt = gated_residual(txt, txt_mod2.gate, self.txt_mlp(txt_mlp_in))
         return img, txt
 
-    def _qkv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = split_heads(attn.qkv(x), self.num_heads)
-        q, k = attn.norm(q, k, v)
-        return q, k, v
+    def _qkv(self, attn: SelfAttention, x: Tensor, pe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q and k normalized and rotated, and v, each [B, H, L, D]."""
+        norm = attn.norm
+        return qk_norm_rope(attn.qkv(x), norm.query_norm.scale, norm.key_norm.scale, pe, self.num_heads)
 
 
 class SingleStreamBlock(nn.Module):
@@ -182,7 +148,6 @@ class SingleStreamBlock(nn.Module):
         self.linear1 = nn.Linear(hidden_size, hidden_size * 3 + mlp_hidden_dim)
         self.linear2 = nn.Linear(hidden_size + mlp_hidden_dim, hidden_size)
         self.norm = QKNorm(hidden_size // num_heads)
-        self.pre_norm = _layer_norm(hidden_size)
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden_size, double=False)
 
@@ -194,27 +159,24 @@ class SingleStreamBlock(nn.Module):
         than a slice, so that torch.compile treats them as sizes instead of constants to guard on.
         """
         (mod,) = self.modulation(vec)
-        h = mod.modulate(self.pre_norm(x))
+        h = norm_modulate(x, mod.shift, mod.scale)
         rows = slice(start, end)
         if start == 0 and end is None:
             qkv, mlp = self.linear1(h).split([3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         else:
             qkv = linear_features(self.linear1, h, slice(0, 3 * self.hidden_size))
             mlp = linear_features(self.linear1, h[:, rows], slice(3 * self.hidden_size, None))
-        q, k, v = split_heads(qkv, self.num_heads)
-        q, k = self.norm(q, k, v)
-        attn = attention(apply_rope(q[:, :, rows], pe[:, :, rows]), apply_rope(k, pe), v)
-        out = self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
-        return x[:, rows] + mod.gate * out
+        q, k, v = qk_norm_rope(qkv, self.norm.query_norm.scale, self.norm.key_norm.scale, pe, self.num_heads)
+        out = self.linear2(torch.cat((attention(q[:, :, rows], k, v), self.mlp_act(mlp)), dim=2))
+        return gated_residual(x[:, rows], mod.gate, out)
 
 
 class LastLayer(nn.Module):
     def __init__(self, hidden_size: int, out_channels: int):
         super().__init__()
-        self.norm_final = _layer_norm(hidden_size)
         self.linear = nn.Linear(hidden_size, out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: Tensor, vec: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=-1)
-        return self.linear((1 + scale[:, None, :]) * self.norm_final(x) + shift[:, None, :])
+        shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)
+        return self.linear(norm_modulate(x, shift, scale))

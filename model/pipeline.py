@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from kernels import set_attention_backend
+from kernels import set_attention_backend, set_fused_backend
 from model.config import TransformerConfig, preset
 from model.encoders import Autoencoder, TextEncoder, to_images, to_pixels
 from model.resolution import output_size, reference_size
@@ -34,6 +34,7 @@ class SpeedOptions:
     compile: bool = False  # torch.compile of the blocks and the VAE decoder (model/compiled.py)
     cuda_graphs: bool = False  # with compile: replay CUDA graphs per shape
     attention: str = "sdpa"  # kernels/attention.py: sdpa | math | cudnn | flash3
+    kernels: str = "torch"  # kernels/fused.py: torch | triton (fused norm, modulation, RoPE, residual)
     text_encoder_device: str | None = None  # "cpu": T5 and CLIP stay off the GPU (24 GB cards); default: device
 
 
@@ -294,13 +295,14 @@ def load(
 ) -> KontextPipeline:
     """A ready pipeline from a diffusers folder (optionally with a BFL transformer file), or `"demo"`.
 
-    The attention backend is a process-wide switch: it is set here, for every pipeline in the process.
+    The attention and fused-kernel backends are process-wide switches: set here, for every pipeline.
     """
     from model.demo import demo_checkpoint  # builds with diffusers' classes: imported only when asked for
 
     if speed.cuda_graphs and not speed.compile:
         raise ValueError("CUDA graphs come with compile: turn compile on too")
     set_attention_backend(speed.attention)
+    set_fused_backend(speed.kernels)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     folder = demo_checkpoint() if str(model) == "demo" else Path(model)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from model.demo import DEMO_NOTICE
-from kernels import available_attention_backends
+from kernels import available_attention_backends, available_fused_backends
 from model.pipeline import DTYPES, QUANTIZATIONS, GenerationRequest, default_device, default_dtype, load
 from model.weights import CheckpointError
 from server.settings import Settings, load_settings, speed_options
@@ -45,6 +45,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the VAE decoder")
     parser.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay CUDA graphs per shape")
     parser.add_argument("--attention", choices=available_attention_backends(), help="attention kernels (default sdpa)")
+    parser.add_argument("--kernels", choices=available_fused_backends(),
+                        help="triton: fused norm / modulation / RoPE / residual kernels (default torch)")
     parser.add_argument("--text-encoder-device",
                         help="cpu keeps T5 and CLIP off the GPU (with --quantize fp8 the 12B model fits 24 GB)")
 

@@ -29,6 +29,7 @@ class Settings:
     compile: bool = False  # torch.compile the blocks and the VAE decoder (warms up before serving)
     cuda_graphs: bool = False  # with compile: CUDA graphs per shape
     attention: str = "sdpa"  # sdpa | math | cudnn | flash3
+    kernels: str = "torch"  # torch | triton: fused LayerNorm + modulation, QK RMSNorm + RoPE, gated residual
     text_encoder_device: str | None = None  # cpu: keep T5 and CLIP off the GPU (with fp8: 12B on 24 GB)
     # serving
     host: str = "127.0.0.1"
@@ -56,7 +57,8 @@ class Settings:
 
 def speed_options(settings: Settings) -> SpeedOptions:
     return SpeedOptions(quantize=settings.quantize, compile=settings.compile, cuda_graphs=settings.cuda_graphs,
-                        attention=settings.attention, text_encoder_device=settings.text_encoder_device)
+                        attention=settings.attention, kernels=settings.kernels,
+                        text_encoder_device=settings.text_encoder_device)
 
 
 def _convert(name: str, value: Any, annotation: Any) -> Any:

@@ -5,12 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+from PIL import Image
 
+from kernels import attention_backend, available_attention_backends
+from model.compiled import compile_pipeline, warm_up
 from model.config import TransformerConfig, preset
 from model.pipeline import GenerationRequest, KontextPipeline
 from model.sampling import image_ids
 from model.weights import load_transformer
-from tests.helpers import max_pixel_difference
+from tests.helpers import max_pixel_difference, random_image
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -51,3 +54,48 @@ def test_demo_pipeline_on_cuda_matches_diffusers(demo_folder: Path) -> None:
         generator=torch.Generator("cpu").manual_seed(5),
     ).images[0]
     assert max_pixel_difference(image, expected) <= 2
+
+
+def test_the_step_loop_never_waits_for_the_host(demo_folder: Path) -> None:
+    pipeline = KontextPipeline.from_folder(demo_folder, device="cuda", dtype=torch.bfloat16)
+    states = pipeline.prepare([
+        GenerationRequest("a boat", image=Image.new("RGB", (256, 256)), width=256, height=256,
+                          num_inference_steps=8, seed=5, go_fast=True),
+        GenerationRequest("a car", image=Image.new("RGB", (256, 256)), width=256, height=256,
+                          num_inference_steps=8, seed=6),
+    ])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call (.item(), a blocking copy) raises
+    try:
+        while not all(s.done for s in states):
+            pipeline.denoise_step(states)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(pipeline.decode(states)) == 2
+
+
+def test_compiled_with_cuda_graphs_matches_eager_without_recompiles(demo_folder: Path) -> None:
+    eager = KontextPipeline.from_folder(demo_folder, device="cuda", dtype=torch.bfloat16)
+    compiled = KontextPipeline.from_folder(demo_folder, device="cuda", dtype=torch.bfloat16)
+    compile_pipeline(compiled, cuda_graphs=True)
+    warm_up(compiled, megapixels=0.0625)
+
+    def request(aspect_ratio: str, reference: bool) -> GenerationRequest:
+        return GenerationRequest("a cat", image=random_image(300, 200, seed=3) if reference else None,
+                                 aspect_ratio=aspect_ratio, num_inference_steps=4, seed=1, megapixels=0.0625)
+
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for aspect_ratio, reference in [("16:9", True), ("2:3", False), ("1:1", True)]:
+            got = compiled.generate(request(aspect_ratio, reference)).image
+            expected = eager.generate(request(aspect_ratio, reference)).image
+            assert max_pixel_difference(got, expected) <= 4  # bf16: inductor's fused math rounds differently
+
+
+@pytest.mark.parametrize("backend", [b for b in available_attention_backends() if b != "math"])
+def test_every_attention_backend_gives_the_same_image(demo_folder: Path, backend: str) -> None:
+    pipeline = KontextPipeline.from_folder(demo_folder, device="cuda", dtype=torch.bfloat16)
+    request = GenerationRequest("a boat", width=256, height=256, num_inference_steps=8, seed=5)
+    with attention_backend("math"):
+        expected = pipeline.generate(request).image
+    with attention_backend(backend):
+        assert max_pixel_difference(pipeline.generate(request).image, expected) <= 4
