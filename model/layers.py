@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels import attention, gated_residual, gated_residual_norm_modulate, norm_modulate, qk_norm_rope
+from kernels.fp8 import FP8Linear
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -61,11 +62,11 @@ class QKNorm(nn.Module):
         self.key_norm = RMSNorm(head_dim)
 
 
-def linear_features(layer: nn.Module, x: Tensor, features: slice) -> Tensor:
-    """`layer(x)[..., features]`, computing only those output features when the layer is a plain nn.Linear."""
-    if type(layer) is nn.Linear:
-        return F.linear(x, layer.weight[features], None if layer.bias is None else layer.bias[features])
-    return layer(x)[..., features]
+def linear_features(layer: nn.Linear | FP8Linear, x: Tensor, features: slice) -> Tensor:
+    """`layer(x)[..., features]`, computing only those output features."""
+    if isinstance(layer, FP8Linear):
+        return layer(x, features)
+    return F.linear(x, layer.weight[features], None if layer.bias is None else layer.bias[features])
 
 
 class SelfAttention(nn.Module):
