@@ -11,10 +11,16 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
+def git_commit() -> str:
+    """The short hash of the checkout the benchmark runs from."""
+    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    return run.stdout.strip() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, str]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"device": name, "torch": torch.__version__, "commit": commit or "unknown"}
+    return {"device": name, "torch": torch.__version__, "commit": git_commit()}
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:

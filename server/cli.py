@@ -1,4 +1,4 @@
-"""The `kontext` command line: `kontext generate` runs the pipeline once and writes a PNG."""
+"""The `kontext` command line: `generate` (one image, no server), `serve`, and `bench-http` (an API's latency)."""
 
 import argparse
 import io
@@ -12,8 +12,9 @@ import httpx
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from model.demo import DEMO_NOTICE
+from benchmarks import http_latency
 from kernels import available_attention_backends, available_fused_backends
+from model.demo import DEMO_NOTICE
 from model.pipeline import DTYPES, QUANTIZATIONS, GenerationRequest, default_device, default_dtype, load
 from model.weights import CheckpointError
 from server.settings import Settings, load_settings, speed_options
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base of the URLs handed to clients, when behind a proxy")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow binding a non-loopback address without API keys")
+
+    bench = commands.add_parser("bench-http", help="latency and throughput of an image API (ours or hosted)")
+    http_latency.add_arguments(bench)
     return parser
 
 
@@ -144,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        {"generate": generate, "serve": serve}[args.command](args)
+        status = {"generate": generate, "serve": serve, "bench-http": http_latency.run}[args.command](args)
     except (ValueError, CheckpointError, FileNotFoundError, UnidentifiedImageError, httpx.HTTPError) as err:
         print(f"kontext: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
