@@ -13,6 +13,7 @@ linearly between the nearest ranks (numpy's default).
 import argparse
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print a table, write JSON and the chart; 0 when every request succeeded, else 1."""
     if args.requests < 1:
         raise ValueError("--requests must be at least 1")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     levels = concurrency_levels(args.concurrency)
     token_variable = "REPLICATE_API_TOKEN" if args.api == "replicate" else "OPENAI_API_KEY"
     api_key = args.api_key or os.environ.get("KONTEXT_API_KEY") or os.environ.get(token_variable, "")
