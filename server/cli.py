@@ -92,6 +92,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = replace(load_settings(args.config), **overrides)
     if settings.dtype is not None and settings.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
+    for name, value, choices in (("attention", settings.attention, available_attention_backends()),
+                                 ("kernels", settings.kernels, available_fused_backends()),
+                                 ("quantize", settings.quantize, [None, *QUANTIZATIONS])):
+        if value not in choices:
+            raise ValueError(f"{name} {value!r} is not available here; choose from {[c for c in choices if c]}")
     if settings.device and torch.device(settings.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {settings.device!r} was asked for, but this machine has no usable CUDA device")
     return settings
