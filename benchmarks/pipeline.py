@@ -1,7 +1,8 @@
 """End to end, prompt (and reference image) to PIL image: our pipeline vs diffusers' `FluxKontextPipeline`.
 
     python -m benchmarks.pipeline                          # CUDA: random 12B weights, full-size T5 / CLIP / VAE
-    python -m benchmarks.pipeline --modes bf16,bf16+compile,fp8+compile --go-fast --out pipeline-h100.json
+    python -m benchmarks.pipeline --modes bf16,bf16+compile --go-fast --out pipeline-h100-bf16.json
+    python -m benchmarks.pipeline --modes fp8,fp8+compile --text-encoder-device cpu --out pipeline-h100-24gb.json
 
 Both pipelines share the text encoders, the VAE and the transformer weights (ours is converted from diffusers'
 random model), in one process. Diffusers runs first with its own transformer; that transformer is then freed,
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--modes", default="bf16" if cuda else "float32",
                         help="comma-separated: bf16 | float32 | fp8, each optionally +compile (applied in order)")
     parser.add_argument("--go-fast", action="store_true", help="also time each mode with go_fast on")
+    parser.add_argument("--text-encoder-device", help="cpu: our T5 and CLIP run on the CPU (the 24 GB memory mode)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--out", help="result file name under benchmarks/results/ (a JSON list)")
@@ -132,6 +134,9 @@ def main() -> None:
                     for case in cases(args.side)}
     ours = ours_from(reference, device, dtype)
     reference.transformer = None  # from here on only our transformer holds GPU memory
+    if args.text_encoder_device:
+        ours.text_encoder.clip.to(args.text_encoder_device)
+        ours.text_encoder.t5.to(args.text_encoder_device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -159,7 +164,8 @@ def main() -> None:
                 floor = flops / (ceiling * 1e12)
                 results.append({
                     **env, "case": case.name, "steps": args.steps, "batch": 1,
-                    "mode": mode + ("+go_fast" if go_fast else ""),
+                    "mode": mode + ("+go_fast" if go_fast else "")
+                    + (f"+text-encoders-{args.text_encoder_device}" if args.text_encoder_device else ""),
                     "ours_s": round(timing.seconds, 3), "diffusers_s": round(base.seconds, 3),
                     "ratio": round(timing.seconds / base.seconds, 3),
                     "peak_mem_gb": round(timing.peak_gib, 2) if device.type == "cuda" else None,
