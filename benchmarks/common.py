@@ -1,5 +1,6 @@
 """What every benchmark records: where it ran, and how to time and count fairly."""
 
+import json
 import statistics
 import subprocess
 import time
@@ -45,3 +46,11 @@ def matmul_ceiling_tflops(device: torch.device, dtype: torch.dtype) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     seconds = median_seconds(lambda: a @ b, device, warmup=3, iters=10)
     return 2 * n**3 / seconds / 1e12
+
+
+def save_result(name: str, result: object) -> Path:
+    """Write `result` as JSON to benchmarks/results/`name`; returns the path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

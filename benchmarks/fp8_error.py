@@ -18,9 +18,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import RESULTS, environment, median_seconds
+from benchmarks.common import environment, median_seconds, save_result
 from kernels.fp8 import FP8Linear
 from model.config import preset
+from model.demo import constructed_on
 from model.quantize import DOUBLE_BLOCK_LINEARS, SINGLE_BLOCK_LINEARS, quantize_fp8
 from model.sampling import image_ids
 from model.transformer import FluxTransformer
@@ -77,13 +78,8 @@ def main() -> None:
     config = replace(preset("kontext-dev"), depth=args.depth, depth_single_blocks=args.single_depth)
     n_txt, n_target, n_ref = (int(n) for n in args.tokens.split(","))
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = FluxTransformer(config).eval().requires_grad_(False)
-    finally:
-        torch.set_default_dtype(default)
+    with constructed_on(device, torch.bfloat16):
+        model = FluxTransformer(config).eval().requires_grad_(False)
 
     generator = torch.Generator(device).manual_seed(1)
     ids = torch.cat([image_ids(n_target // 64, 64, 0, device), image_ids(n_ref // 64, 64, 1, device)])[None]
@@ -120,8 +116,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k != "per_layer"}, indent=2))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

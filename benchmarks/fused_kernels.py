@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmarks.common import RESULTS, environment, median_seconds
+from benchmarks.common import environment, median_seconds, save_result
 from kernels import fused_backend, gated_residual, gated_residual_norm_modulate, norm_modulate, qk_norm_rope
 from model.layers import rope_frequencies
 
@@ -101,8 +101,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

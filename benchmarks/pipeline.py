@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import RESULTS, environment, matmul_ceiling_tflops
+from benchmarks.common import environment, matmul_ceiling_tflops, save_result
 from benchmarks.transformer_forward import forward_flops
 from model.compiled import compile_pipeline
 from model.config import TransformerConfig
@@ -155,7 +155,7 @@ def main() -> None:
                 request = GenerationRequest(PROMPT, image=image if case.reference else None, width=case.side,
                                             height=case.side, auto_resize=False, num_inference_steps=args.steps,
                                             seed=0, go_fast=go_fast)
-                timing = timed_runs(lambda: ours.generate(request).image, device, args.warmup, args.iters)
+                timing = timed_runs(lambda r=request: ours.generate(r).image, device, args.warmup, args.iters)
                 base = baseline[case.name]
                 tokens = (case.side // 16) ** 2
                 passes = sum(computed_steps(args.steps, go_fast))
@@ -179,9 +179,7 @@ def main() -> None:
                 print(json.dumps(results[-1]))
     print(markdown_table(results))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(json.dumps(results, indent=2) + "\n")
-        (RESULTS / args.out).with_suffix(".md").write_text(markdown_table(results) + "\n")
+        save_result(args.out, results).with_suffix(".md").write_text(markdown_table(results) + "\n")
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import RESULTS
+from benchmarks.common import save_result
 
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
@@ -138,7 +138,7 @@ def main() -> None:
     summary = report.summary()
     print(json.dumps(summary, indent=2))
     if args.out:
-        (RESULTS / args.out).write_text(json.dumps(summary, indent=2) + "\n")
+        save_result(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from dataclasses import replace
 import torch
 from diffusers import FluxTransformer2DModel
 
-from benchmarks.common import RESULTS, environment, matmul_ceiling_tflops, median_seconds
+from benchmarks.common import environment, matmul_ceiling_tflops, median_seconds, save_result
 from model.config import TransformerConfig, preset
+from model.demo import constructed_on
 from model.sampling import image_ids
 from model.weights import StateDict, build_transformer
 
@@ -33,13 +34,8 @@ def forward_flops(c: TransformerConfig, txt: int, target: int, reference: int) -
 
 def random_models(config: TransformerConfig, device: torch.device, dtype: torch.dtype):
     """diffusers' model with its own random init, built in place on the device, and ours with the same weights."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            reference = FluxTransformer2DModel(**config.to_diffusers()).eval().requires_grad_(False)
-    finally:
-        torch.set_default_dtype(default)
+    with constructed_on(device, dtype):
+        reference = FluxTransformer2DModel(**config.to_diffusers()).eval().requires_grad_(False)
     return reference, build_transformer([StateDict(reference.state_dict())], config, device, dtype)
 
 
@@ -110,8 +106,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

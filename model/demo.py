@@ -7,13 +7,27 @@ Its images are noise: it exists to try the server and to test against diffusers 
 
 import string
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
+)
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from model.config import preset
 
@@ -64,6 +78,19 @@ FULL = ComponentSizes(
 )
 
 
+@contextmanager
+def constructed_on(device: str | torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside are allocated and randomly initialized directly on `device` in `dtype`: a 12B model
+    never passes through fp32 or host memory."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(default)
+
+
 def random_pipeline(
     sizes: ComponentSizes = TINY, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> FluxKontextPipeline:
@@ -71,33 +98,28 @@ def random_pipeline(
     torch.manual_seed(seed)
     config = preset(sizes.transformer)
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            clip = CLIPTextModel(
-                CLIPTextConfig(
-                    vocab_size=len(clip_tok), max_position_embeddings=77, projection_dim=config.vec_in_dim,
-                    bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
-                    pad_token_id=clip_tok.pad_token_id, **sizes.clip,
-                )
+    with constructed_on(device, dtype):
+        clip = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(clip_tok), max_position_embeddings=77, projection_dim=config.vec_in_dim,
+                bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+                pad_token_id=clip_tok.pad_token_id, **sizes.clip,
             )
-            t5 = T5EncoderModel(
-                T5Config(
-                    vocab_size=len(t5_tok), feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-                    pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id, decoder_start_token_id=0,
-                    **sizes.t5,
-                )
+        )
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tok), feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id, decoder_start_token_id=0,
+                **sizes.t5,
             )
-            vae = AutoencoderKL(
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=sizes.vae_channels, layers_per_block=sizes.vae_layers_per_block,
-                latent_channels=config.latent_channels, norm_num_groups=sizes.vae_groups, scaling_factor=0.3611,
-                shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-            )
-            transformer = FluxTransformer2DModel(**config.to_diffusers())
-    finally:
-        torch.set_default_dtype(default_dtype)
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=sizes.vae_channels, layers_per_block=sizes.vae_layers_per_block,
+            latent_channels=config.latent_channels, norm_num_groups=sizes.vae_groups, scaling_factor=0.3611,
+            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+        )
+        transformer = FluxTransformer2DModel(**config.to_diffusers())
     with torch.no_grad():  # norm scales start at 1; randomize them so that no weight is left untested
         for name, param in transformer.named_parameters():
             if "norm" in name and param.dim() == 1:

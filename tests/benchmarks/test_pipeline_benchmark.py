@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import common
 from benchmarks import pipeline as bench
 from model.demo import FULL, random_pipeline
 
@@ -24,7 +25,7 @@ def test_full_size_components_have_the_real_parameter_counts() -> None:
 
 
 def test_cpu_run_writes_one_result_per_case_and_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
     monkeypatch.setattr(sys, "argv", ["pipeline", "--side", "128", "--steps", "3", "--warmup", "0", "--iters", "1",
                                       "--modes", "float32", "--go-fast", "--out", "run.json"])
     bench.main()
