@@ -31,7 +31,7 @@ class SpeedOptions:
     """How the pipeline runs. All are exact up to stated tolerances except `quantize`, which is opt-in."""
 
     quantize: str | None = None  # "fp8": rowwise-scaled float8 GEMMs in the blocks (Hopper)
-    compile: bool = False  # torch.compile of the blocks and the VAE decoder (model/compiled.py)
+    compile: bool = False  # torch.compile of the blocks and the VAE (model/compiled.py)
     cuda_graphs: bool = False  # with compile: replay CUDA graphs per shape
     attention: str = "sdpa"  # kernels/attention.py: sdpa | math | cudnn | flash3
     kernels: str = "torch"  # kernels/fused.py: torch | triton (fused norm, modulation, RoPE, residual)

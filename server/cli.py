@@ -43,7 +43,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="fp8: float8 GEMMs in the blocks (lossy, Hopper)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the VAE decoder")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the VAE")
     parser.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay CUDA graphs per shape")
     parser.add_argument("--attention", choices=available_attention_backends(), help="attention kernels (default sdpa)")
     parser.add_argument("--kernels", choices=available_fused_backends(),

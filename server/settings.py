@@ -26,7 +26,7 @@ class Settings:
     dtype: str | None = None  # float32 | bfloat16; default: bfloat16 on cuda, float32 on cpu
     # speed (model/pipeline.py SpeedOptions)
     quantize: str | None = None  # fp8: float8 GEMMs in the transformer blocks (lossy; Hopper)
-    compile: bool = False  # torch.compile the blocks and the VAE decoder (warms up before serving)
+    compile: bool = False  # torch.compile the blocks and the VAE (warms up before serving)
     cuda_graphs: bool = False  # with compile: CUDA graphs per shape
     attention: str = "sdpa"  # sdpa | math | cudnn | flash3
     kernels: str = "torch"  # torch | triton: fused LayerNorm + modulation, QK RMSNorm + RoPE, gated residual
